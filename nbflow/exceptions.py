@@ -1,0 +1,91 @@
+"""Exceptions raised by nbflow, named as Prefect 3 names them."""
+
+from __future__ import annotations
+
+
+class PrefectException(Exception):
+    """Base class of every exception nbflow raises for its own reasons."""
+
+
+class UnfinishedRun(PrefectException):
+    """The result of a run was asked for, but the run did not finish.
+
+    Raised by ``.result()`` for a run that never started because an upstream
+    run failed (state ``Pending('NotReady')``) or that is still pending.
+    """
+
+
+class CancelledRun(PrefectException):
+    """The result of a cancelled run was asked for."""
+
+
+class CrashedRun(PrefectException):
+    """The run ended abnormally: its worker died or it was interrupted."""
+
+
+class FailedRun(PrefectException):
+    """A run failed without an exception of its own (e.g. it returned a Failed state)."""
+
+
+class MissingResult(PrefectException):
+    """A state holds no result (e.g. a cache entry that expired)."""
+
+
+class MappingLengthMismatch(PrefectException, ValueError):
+    """``Task.map`` got iterables of different lengths."""
+
+
+class MappingMissingIterable(PrefectException, ValueError):
+    """``Task.map`` got no iterable argument to map over."""
+
+
+class ReservedArgumentError(PrefectException, TypeError):
+    """A task function has a parameter whose name nbflow reserves."""
+
+
+class ParameterBindError(PrefectException, TypeError):
+    """Arguments do not fit the signature of the task or flow."""
+
+
+class ParameterTypeError(PrefectException, TypeError):
+    """A flow parameter failed validation against its type hint."""
+
+
+class SignatureMismatchError(PrefectException, TypeError):
+    """Parameters given to a runner do not fit the task's signature."""
+
+
+class MissingContextError(PrefectException, RuntimeError):
+    """Something that needs a running flow or task was used outside one."""
+
+
+class TaskRunTimeoutError(PrefectException, TimeoutError):
+    """A task run ran longer than its ``timeout_seconds``."""
+
+
+class FlowRunTimeoutError(PrefectException, TimeoutError):
+    """A flow run ran longer than its ``timeout_seconds``."""
+
+
+class UpstreamTaskError(PrefectException):
+    """A task run could not start because an upstream run did not complete."""
+
+
+class SerializationError(PrefectException, TypeError):
+    """An argument or result could not be pickled for a process or cluster runner."""
+
+
+class MissingDependencyError(PrefectException, ImportError):
+    """An optional dependency (an extra) is needed but not installed."""
+
+
+
+class TaskRunNameError(PrefectException, KeyError):
+    """A ``task_run_name`` template names a field that is not a parameter of the task."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnfinishedTaskRunsWarning(UserWarning):
+    """A flow returned while task runs nobody waited for were still unfinished."""

@@ -1,0 +1,233 @@
+"""Futures of task runs, future lists, ``wait`` and ``as_completed``.
+
+Every nbflow future is a :class:`PrefectFuture` over a :class:`~nbflow.runs.TaskRun`
+record; runners complete the record, so a future of any runner has the same
+methods and semantics. Waiting uses waiters registered on the record (never
+polling): ``wait`` and ``as_completed`` cost one callback per future.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from typing import Any, Generic, Iterable, Iterator, NamedTuple, TypeVar
+
+from nbflow.runs import Completion, TaskRun, _done_lock, blocking_wait
+from nbflow.states import State
+
+R = TypeVar("R")
+
+
+class PrefectFuture(Generic[R]):
+    """The future result of a task run.
+
+    ``result()`` blocks and returns the value (or raises the task's exception),
+    ``wait()`` blocks without raising, ``state`` is the run's current state.
+    """
+
+    __slots__ = ("_run",)
+
+    def __init__(self, task_run: TaskRun) -> None:
+        self._run = task_run
+
+    @property
+    def task_run(self) -> TaskRun:
+        """The run record behind this future."""
+        return self._run
+
+    @property
+    def task_run_id(self) -> uuid.UUID:
+        return self._run.id
+
+    @property
+    def state(self) -> State[R]:
+        """The run's current state (Pending, Running, Completed, ...)."""
+        return self._run.states[-1]
+
+    def done(self) -> bool:
+        """True once the run is over (final, cancelled, or blocked upstream)."""
+        return self._run._done
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the run is over or ``timeout`` seconds pass. Never raises."""
+        self._run._resolved = True
+        self._run.wait(timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The run's value, waiting for it.
+
+        A failed run re-raises its exception (or returns it with
+        ``raise_on_failure=False``); a run that never ran because an upstream
+        failed raises :class:`~nbflow.exceptions.UnfinishedRun`; ``timeout``
+        seconds without an outcome raise :class:`TimeoutError`.
+        """
+        run = self._run
+        run._resolved = True
+        if not run._done and not run.wait(timeout):
+            raise TimeoutError(
+                f"Task run {run.name!r} did not finish within {timeout} seconds; "
+                "it goes on running, call .result() again to wait longer."
+            )
+        return run.states[-1].result(raise_on_failure=raise_on_failure)
+
+    def add_done_callback(self, fn: Any) -> None:
+        """Call ``fn(future)`` once the run is over (at once if it already is)."""
+        self._run.add_done_callback(lambda _run: fn(self))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PrefectFuture) and other._run is self._run
+
+    def __hash__(self) -> int:
+        return hash(self._run)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._run.name!r}, state={self.state.name})"
+
+    def _repr_html_(self) -> str:
+        from nbflow.notebook import reprs
+
+        return reprs.future_html(self)
+
+
+class PrefectConcurrentFuture(PrefectFuture[R]):
+    """A future of a thread or process runner's task run."""
+
+    __slots__ = ()
+
+
+class PrefectFutureList(list, Generic[R]):
+    """A list of futures (what ``Task.map`` returns) with bulk ``wait`` and ``result``."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for every future, at most ``timeout`` seconds in all. Never raises on timeout."""
+        wait(self, timeout=timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        """Every future's value, in list order.
+
+        The first failure to *happen* is raised as soon as it happens (with
+        ``raise_on_failure=False`` exceptions stand in place instead).
+        """
+        _check_timeout(timeout)
+        if raise_on_failure:
+            for future in as_completed(self, timeout=timeout):
+                if future._run.states[-1].is_completed():
+                    continue
+                future.result(raise_on_failure=True)
+        else:
+            done, not_done = wait(self, timeout=timeout)
+            if not_done:
+                raise TimeoutError(
+                    f"{len(not_done)} of {len(set(self))} task runs did not finish within "
+                    f"{timeout} seconds"
+                )
+        return [f.result(raise_on_failure=raise_on_failure) for f in self]
+
+    def _repr_html_(self) -> str:
+        from nbflow.notebook import reprs
+
+        return reprs.future_list_html(self)
+
+
+class DoneAndNotDoneFutures(NamedTuple, Generic[R]):
+    """What :func:`wait` returns: the futures that finished and those that did not."""
+
+    done: set[PrefectFuture[R]]
+    not_done: set[PrefectFuture[R]]
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be None or non-negative, got {timeout}")
+
+
+def wait(futures: Iterable[PrefectFuture[R]], timeout: float | None = None) -> DoneAndNotDoneFutures[R]:
+    """Wait until every future is done or ``timeout`` seconds pass.
+
+    Returns ``(done, not_done)`` sets; never raises on timeout.
+    """
+    _check_timeout(timeout)
+    unique = set(futures)
+    pending = [f for f in unique if not f._run._done]
+    for f in unique:
+        f._run._resolved = True
+    if pending:
+        gate = _Countdown(len(pending))
+        for f in pending:
+            f._run.add_done_callback(gate.tick)
+        gate.wait(timeout)
+    done = {f for f in unique if f._run._done}
+    return DoneAndNotDoneFutures(done, unique - done)
+
+
+class _Countdown(Completion):
+    """Ends when ``tick`` has been called ``n`` times."""
+
+    __slots__ = ("_left",)
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self._left = n
+
+    def tick(self, _run: TaskRun) -> None:
+        with _done_lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._open()
+
+
+def as_completed(
+    futures: Iterable[PrefectFuture[R]], timeout: float | None = None
+) -> Iterator[PrefectFuture[R]]:
+    """Yield each distinct future once, as it finishes.
+
+    Raises :class:`TimeoutError` if ``timeout`` seconds pass before all finish
+    (after yielding those that did).
+    """
+    _check_timeout(timeout)
+    unique = list(dict.fromkeys(futures))
+    if not unique:
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    by_run = {}
+    for f in unique:
+        f._run._resolved = True
+        by_run[id(f._run)] = f
+        f._run.add_done_callback(finished.put)
+    for left in range(len(unique), 0, -1):
+        try:
+            if finished.empty():
+                with blocking_wait():
+                    run = finished.get(
+                        timeout=None if deadline is None else max(deadline - time.monotonic(), 0)
+                    )
+            else:
+                run = finished.get()
+        except queue.Empty:
+            raise TimeoutError(f"{left} (of {len(unique)}) futures unfinished") from None
+        yield by_run[id(run)]
+
+
+def resolve_futures_to_states(value: Any) -> Any:
+    """Replace futures in a (possibly nested) value by their final states, waiting for them."""
+    from nbflow.resolve import visit
+
+    def to_state(f: PrefectFuture) -> State:
+        f.wait()
+        return f.state
+
+    return visit(value, on_future=to_state)
+
+
+__all__ = [
+    "PrefectFuture",
+    "PrefectConcurrentFuture",
+    "PrefectFutureList",
+    "DoneAndNotDoneFutures",
+    "wait",
+    "as_completed",
+    "resolve_futures_to_states",
+]

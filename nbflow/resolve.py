@@ -1,0 +1,213 @@
+"""Finding and resolving futures inside task arguments, at any depth.
+
+Arguments may hold futures (and states) inside lists, tuples, sets, dicts
+(keys too), dataclasses and pydantic models. At submit time :func:`collect`
+finds the task runs they refer to (the run's upstream); when the run starts
+:func:`resolve` replaces each by its result. Containers are rebuilt only
+where something inside them changed, and plain scalars cost one set lookup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from nbflow.annotations import BaseAnnotation, allow_failure, opaque, quote
+from nbflow.futures import PrefectFuture
+from nbflow.states import State
+
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex, range})
+_SEQUENCES = (list, tuple, set, frozenset)
+
+
+def visit(value: Any, on_future: Callable[[Any], Any], on_state: Callable[[Any], Any] | None = None) -> Any:
+    """Return ``value`` with every future replaced by ``on_future(future)``.
+
+    States are replaced by ``on_state(state)`` when given; annotations are
+    looked through. Unchanged containers are returned as they are.
+    """
+
+    def leaf(v: Any) -> Any:
+        if isinstance(v, PrefectFuture):
+            return on_future(v)
+        if on_state is not None and isinstance(v, State):
+            return on_state(v)
+        if isinstance(v, BaseAnnotation):
+            inner = v.value
+            new = _walk(inner, leaf)
+            return v if new is inner else v.rewrap(new)
+        return _DESCEND
+
+    return _walk(value, leaf)
+
+
+_DESCEND = object()
+
+
+def _walk(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """Apply ``leaf`` to ``value`` or, where it says ``_DESCEND``, to what it contains."""
+    t = type(value)
+    if t in _ATOMIC:
+        return value
+    replaced = leaf(value)
+    if replaced is not _DESCEND:
+        return replaced
+    if t is dict or isinstance(value, dict):
+        changed = False
+        items = []
+        for k, v in value.items():
+            nk, nv = _walk(k, leaf), _walk(v, leaf)
+            changed = changed or nk is not k or nv is not v
+            items.append((nk, nv))
+        if not changed:
+            return value
+        return dict(items) if t is dict else _rebuild(t, items, dict)
+    if isinstance(value, _SEQUENCES):
+        new = [_walk(v, leaf) for v in value]
+        if all(a is b for a, b in zip(new, value)):
+            return value
+        if t in (list, tuple, set, frozenset):
+            return t(new)
+        if hasattr(value, "_fields"):  # namedtuple
+            return t._make(new)
+        from nbflow.futures import PrefectFutureList
+
+        return list(new) if t is PrefectFutureList else _rebuild(t, new, list)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for f in dataclasses.fields(value):
+            if not f.init:
+                continue
+            old = getattr(value, f.name)
+            new = _walk(old, leaf)
+            if new is not old:
+                changes[f.name] = new
+        return dataclasses.replace(value, **changes) if changes else value
+    if hasattr(t, "model_fields") and hasattr(value, "model_copy"):  # pydantic v2 model
+        changes = {}
+        for name in t.model_fields:
+            old = getattr(value, name)
+            new = _walk(old, leaf)
+            if new is not old:
+                changes[name] = new
+        return value.model_copy(update=changes) if changes else value
+    return value
+
+
+def _rebuild(t: type, items: list, plain: type) -> Any:
+    """A container of type ``t`` holding ``items``; ``plain`` if ``t`` cannot be built so."""
+    try:
+        return t(items)
+    except Exception:
+        return plain(items)
+
+
+def collect(parameters: dict[str, Any], wait_for: Any = None) -> tuple[list, bool]:
+    """The upstream runs of a run's arguments and ``wait_for``.
+
+    Returns ``(dependencies, needs_resolve)``: ``dependencies`` is a list of
+    ``(task_run, failure_allowed)`` pairs; ``needs_resolve`` is True when the
+    arguments hold futures, states or annotations that :func:`resolve` must
+    replace when the run starts.
+    """
+    deps: list = []
+    special = False
+    for value in parameters.values():
+        if type(value) in _ATOMIC:
+            continue
+        special = _collect(value, deps, False) or special
+    if wait_for:
+        for item in wait_for:
+            allowed = isinstance(item, allow_failure)
+            if allowed:
+                item = item.value
+            if isinstance(item, PrefectFuture):
+                deps.append((item._run, allowed))
+            elif not isinstance(item, State):
+                _collect(item, deps, allowed)
+    return deps, special
+
+
+def _collect(value: Any, deps: list, allowed: bool) -> bool:
+    found = False
+
+    def leaf(v: Any) -> Any:
+        nonlocal found
+        if isinstance(v, PrefectFuture):
+            found = True
+            deps.append((v._run, allowed))
+            return v
+        if isinstance(v, State):
+            found = True
+            return v
+        if isinstance(v, BaseAnnotation):
+            found = True
+            if isinstance(v, quote):
+                return v
+            if isinstance(v, allow_failure):
+                _collect(v.value, deps, True)
+                return v
+            if isinstance(v, opaque):
+                if isinstance(v.value, PrefectFuture):
+                    deps.append((v.value._run, allowed))
+                return v
+            _walk(v.value, leaf)
+            return v
+        return _DESCEND
+
+    _walk(value, leaf)
+    return found
+
+
+def resolve(parameters: dict[str, Any], current_run: Any = None) -> dict[str, Any]:
+    """A copy of ``parameters`` with futures and states replaced by their results.
+
+    Inside ``allow_failure`` a failed upstream gives its exception and an
+    upstream that never ran gives ``None``; ``quote`` passes its value
+    untouched; ``opaque`` resolves a top-level future without looking inside.
+    """
+    return {name: _resolve(value, False, current_run) for name, value in parameters.items()}
+
+
+def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
+    if type(value) in _ATOMIC:
+        return value
+
+    def result_of(state: State) -> Any:
+        if state.is_completed():
+            return state.data
+        if not allowed:
+            return state.result()  # raises; upstream checks normally stop this earlier
+        if state.is_final():
+            return state.result(raise_on_failure=False)
+        return None
+
+    def leaf(v: Any) -> Any:
+        if isinstance(v, PrefectFuture):
+            if v._run is current_run:
+                raise ValueError(
+                    f"Discovered a task depending on itself: task run {v._run.name!r} "
+                    "was given its own future as an argument."
+                )
+            v._run.wait()
+            return result_of(v._run.states[-1])
+        if isinstance(v, State):
+            return result_of(v)
+        if isinstance(v, BaseAnnotation):
+            if isinstance(v, quote):
+                return v.value
+            if isinstance(v, allow_failure):
+                return _resolve(v.value, True, current_run)
+            if isinstance(v, opaque):
+                inner = v.value
+                if isinstance(inner, PrefectFuture):
+                    inner._run.wait()
+                    return result_of(inner._run.states[-1])
+                return inner
+            return _resolve(v.value, allowed, current_run)
+        return _DESCEND
+
+    return _walk(value, leaf)
+
+
+__all__ = ["visit", "collect", "resolve"]

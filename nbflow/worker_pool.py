@@ -1,0 +1,108 @@
+"""A thread pool that never deadlocks on tasks waiting for tasks.
+
+Like ``concurrent.futures.ThreadPoolExecutor`` it starts threads lazily, up to
+``max_workers``, reusing idle ones. Unlike it, a worker that blocks on a task
+run's result (``TaskRun.wait`` calls :meth:`WorkerPool.blocking`) lends its
+slot to a new thread, so at most ``max_workers`` threads *execute* at once
+while a task that submits tasks and waits on them always makes progress, even
+with ``max_workers=1``. Extra threads leave once the blocked ones resume.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable
+
+from nbflow.runs import _worker
+
+_STOP = object()
+
+
+class WorkerPool:
+    """Threads calling ``target(item)`` for every item given to :meth:`submit`."""
+
+    def __init__(self, target: Callable[[Any], Any], max_workers: int, name: str) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        self._target = target
+        self._max = max_workers
+        self._name = name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._blocked = 0
+        self._closed = False
+
+    @property
+    def max_workers(self) -> int:
+        return self._max
+
+    def submit(self, item: Any) -> None:
+        """Queue ``item``; start a thread if no idle one can take it."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name} is shut down; it takes no new work")
+            if self._idle:
+                self._idle -= 1
+                spawn = False
+            else:
+                spawn = self._threads < self._max + self._blocked
+                if spawn:
+                    self._threads += 1
+        self._queue.put(item)
+        if spawn:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self._name}-{self._threads}", daemon=True
+        )
+        thread.start()
+
+    def _work(self) -> None:
+        _worker.pool = self
+        get = self._queue.get
+        target = self._target
+        lock = self._lock
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            target(item)
+            item = None
+            with lock:
+                if self._threads > self._max + self._blocked:
+                    self._threads -= 1  # a stand-in for a blocked worker: leave
+                    return
+                self._idle += 1
+
+    # -- called by TaskRun.wait from inside a worker -------------------------
+    def blocking(self) -> None:
+        """The calling worker is about to block: let another thread take its slot."""
+        with self._lock:
+            self._blocked += 1
+            spawn = (
+                not self._closed
+                and not self._queue.empty()
+                and self._threads < self._max + self._blocked
+            )
+            if spawn:
+                self._threads += 1
+        if spawn:
+            self._spawn()
+
+    def unblocking(self) -> None:
+        with self._lock:
+            self._blocked -= 1
+
+    def shutdown(self) -> None:
+        """Stop taking work; threads finish what they run and leave."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._queue.put(_STOP)
