@@ -1,0 +1,1 @@
+"""nbflow benchmarks: ``python -m bench NAME [args]`` (not timed tests)."""
