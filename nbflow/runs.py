@@ -364,6 +364,11 @@ class TaskRun(Completion):
     def __repr__(self) -> str:
         return f"TaskRun(name={self.name!r}, state={self.state.name})"
 
+    def _repr_html_(self) -> str:
+        from nbflow.notebook import reprs
+
+        return reprs.task_run_html(self)
+
 
 class FlowRun:
     """The record of one run of a flow: its task runs, subflow runs and states."""
@@ -464,6 +469,11 @@ class FlowRun:
             f"FlowRun(name={self.name!r}, flow={self.flow_name!r}, "
             f"state={self.state.name}, task_runs={len(self.task_runs)})"
         )
+
+    def _repr_html_(self) -> str:
+        from nbflow.notebook import reprs
+
+        return reprs.flow_run_html(self)
 
 
 _ADJECTIVES = (

@@ -140,6 +140,11 @@ class State(Generic[R]):
             parts.append(f"exception={self.data!r}")
         return f"{self.name}({', '.join(parts)})"
 
+    def _repr_html_(self) -> str:
+        from nbflow.notebook import reprs
+
+        return reprs.state_html(self)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
             return NotImplemented

@@ -16,15 +16,13 @@ import abc
 import io
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from nbflow.annotations import BaseAnnotation, unmapped
 from nbflow.exceptions import MappingLengthMismatch, MappingMissingIterable
 from nbflow.futures import PrefectConcurrentFuture, PrefectFuture, PrefectFutureList
 from nbflow.runs import TaskRun, _done_lock
-
-if TYPE_CHECKING:
-    from nbflow.tasks import Task
+from nbflow.tasks import Task
 
 
 def _is_mappable(value: Any) -> bool:
@@ -189,8 +187,6 @@ def _collapse_var_keyword(call: dict[str, Any], signature: Any) -> dict[str, Any
 
 
 def _check_task(runner: TaskRunner, task: Any, method: str) -> None:
-    from nbflow.tasks import Task
-
     if not isinstance(task, Task):
         raise TypeError(
             f"{type(runner).__name__}.{method}() takes a task, got {task!r}. Decorate the "
