@@ -326,7 +326,7 @@ def _cancel_unfinished(flow_run: FlowRun, reason: str, interrupt: bool) -> None:
 
     unfinished = [run for run in iter_task_runs(flow_run) if not run._done]
     for run in unfinished:
-        run.cancel(f"Cancelled: {reason}")
+        run.cancel(reason)
     for run in unfinished:
         if run._done:
             continue
@@ -335,7 +335,7 @@ def _cancel_unfinished(flow_run: FlowRun, reason: str, interrupt: bool) -> None:
         elif run._thread_id is not None:
             interrupt_thread(run._thread_id, engine.CancelSignal)
     if interrupt and flow_run.task_runner is not None:
-        flow_run.task_runner.cancel_all(f"Cancelled: {reason}")
+        flow_run.task_runner.cancel_all(reason)
 
 
 def cancel_flow_run(flow_run: FlowRun, reason: str = "cancelled by the user") -> None:

@@ -351,15 +351,23 @@ class TaskRun(Completion):
             self._started = True
             return True
 
-    def cancel(self, message: str = "Cancelled before it started.") -> bool:
-        """Cancel the run if it has not started. Returns True if it was cancelled."""
+    def cancel(self, reason: str = "cancelled by the user") -> bool:
+        """Cancel the run if it has not started; True if it was cancelled.
+
+        Its ``.result()`` then raises CancelledRun naming the run and ``reason``.
+        """
         from nbflow.states import Cancelled
 
         with _done_lock:
             if self._done or self._started:
                 return False
             self._started = True
-        return self.finish(Cancelled(message=message))
+        return self.finish(
+            Cancelled(
+                message=f"Task run {self.name!r} was cancelled before it started ({reason}); "
+                "it has no result. Run the flow again to compute it."
+            )
+        )
 
     def __repr__(self) -> str:
         return f"TaskRun(name={self.name!r}, state={self.state.name})"

@@ -75,10 +75,10 @@ class TaskRunner(abc.ABC):
     def shutdown(self) -> None:
         """Release what the runner started (threads, processes, clusters)."""
 
-    def cancel_all(self, message: str = "Cancelled before it started.") -> None:
+    def cancel_all(self, reason: str = "its task runner was cancelled") -> None:
         """Cancel every run of this runner that has not started."""
         for run in self._runs:
-            run.cancel(message)
+            run.cancel(reason)
 
     # -- submitting -------------------------------------------------------------------
     def submit(

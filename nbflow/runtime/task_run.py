@@ -1,53 +1,28 @@
-"""The current task run: ``id``, ``name``, ``task_name``, ``parameters``, ``run_count``, ``tags``."""
+"""The current task run: ``id``, ``name``, ``task_name``, ``parameters``, ``run_count``, ``tags``, ``map_index``.
+
+Each is also readable as a function, ``get_name()`` etc., as in Prefect.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from nbflow.context import task_run_var
+from nbflow.runtime._fields import read
 
-
-def _attribute(name: str) -> Any:
-    run = task_run_var.get()
-    if name == "id":
-        return str(run.id) if run is not None else None
-    if name == "name":
-        return run.name if run is not None else None
-    if name == "task_name":
-        return run.task.name if run is not None else None
-    if name == "parameters":
-        return dict(run.parameters) if run is not None else {}
-    if name == "run_count":
-        return run.run_count if run is not None else 0
-    if name == "tags":
-        return sorted(run.tags) if run is not None else []
-    if name == "map_index":
-        return run.map_index if run is not None else None
-    raise AttributeError(f"nbflow.runtime.task_run has no attribute {name!r}")
+_FIELDS = {
+    "id": lambda run: str(run.id),
+    "name": lambda run: run.name,
+    "task_name": lambda run: run.task.name,
+    "parameters": lambda run: dict(run.parameters),
+    "run_count": lambda run: run.run_count,
+    "tags": lambda run: sorted(run.tags),
+    "map_index": lambda run: run.map_index,
+}
 
 
 def __getattr__(name: str) -> Any:
-    return _attribute(name)
+    return read(task_run_var.get(), _FIELDS, name, __name__)
 
 
-def get_id() -> str | None:
-    return _attribute("id")
-
-
-def get_name() -> str | None:
-    return _attribute("name")
-
-
-def get_task_name() -> str | None:
-    return _attribute("task_name")
-
-
-def get_parameters() -> dict[str, Any]:
-    return _attribute("parameters")
-
-
-def get_run_count() -> int:
-    return _attribute("run_count")
-
-
-__all__ = ["id", "name", "task_name", "parameters", "run_count", "tags", "map_index"]
+__all__ = list(_FIELDS)
