@@ -4,7 +4,8 @@ A completed run whose ``cache_key_fn`` returned a key stores its result on
 disk (cloudpickle, one file per key, under ``settings.current.storage``,
 by default ``~/.nbflow/storage``). A later run of the same task with the same
 key, in this flow run or another process, returns the stored value without
-running, in state ``Cached``, until ``cache_expiration`` has passed.
+running, in state ``Cached``, until ``cache_expiration`` has passed;
+``refresh_cache=True`` runs anyway and replaces the stored value.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def _path(key: str) -> Path:
 def lookup(task: Any, run: Any, parameters: dict[str, Any]) -> tuple[str | None, State | None]:
     """``(key, Cached state or None)`` for this run."""
     key = task.cache_key_fn(CacheContext(task, run, parameters), parameters)
-    if key is None:
-        return None, None
+    if key is None or task.refresh_cache:
+        return key, None
     path = _path(str(key))
     try:
         data = path.read_bytes()

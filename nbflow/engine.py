@@ -290,9 +290,17 @@ def execute(run: TaskRun, parameters: dict[str, Any]) -> State:
 
 
 def run_task(run: TaskRun) -> None:
-    """Claim, resolve and execute ``run`` in this thread, then finish it."""
+    """Claim, resolve and execute ``run`` in this thread (in its submit-time context), then finish it."""
     if not run.claim():
         return
+    context, run._context = run._context, None
+    if context is None:
+        _run_claimed(run)
+    else:
+        context.run(_run_claimed, run)
+
+
+def _run_claimed(run: TaskRun) -> None:
     try:
         parameters = resolve_inputs(run)
         if isinstance(parameters, State):

@@ -260,16 +260,18 @@ def _body_state(flow_run: FlowRun, ok: bool, value: Any, what: str, timeout: flo
             message=f"{what} was interrupted: runs not started were cancelled, completed runs kept.",
             data=value,
         )
+    if ok and isinstance(value, State) and value._run_id is None:
+        return value  # a state made by the body is the flow's state
     state = engine.outcome_state(ok, value, what, timeout, FlowRunTimeoutError)
-    if state is value:  # the body returned a State: it is the flow's state
-        return value
     if ok:
-        failed = [s for s in _states_in(value) if not s.is_completed()]
+        # Returned task-run states (futures became states): the flow fails if one did not complete.
+        returned = _states_in(value)
+        failed = [s for s in returned if not s.is_completed()]
         if failed:
             first = failed[0]
             exc = first.data if isinstance(first.data, BaseException) else first._exception()
-            total = len(list(_states_in(value)))
-            return S.Failed(message=f"{len(failed)}/{total} states failed.", data=exc)
+            return S.Failed(message=f"{len(failed)}/{len(returned)} states failed.", data=exc)
+        return S.Completed(data=value)
     return state
 
 
@@ -290,6 +292,9 @@ def _settle(flow_run: FlowRun, value: Any) -> Any:
     """Wait for the run's unfinished task runs; turn returned futures into their states."""
     from nbflow.futures import resolve_futures_to_states
 
+    returns_futures = isinstance(value, PrefectFuture) or _holds_future(value)
+    if returns_futures:
+        _mark_resolved(value)
     unfinished = [r for r in flow_run.task_runs if not r._done]
     unresolved = [r for r in unfinished if not r._resolved]
     for run in unfinished:
@@ -304,9 +309,17 @@ def _settle(flow_run: FlowRun, value: Any) -> Any:
             UnfinishedTaskRunsWarning,
             stacklevel=2,
         )
-    if isinstance(value, PrefectFuture) or _holds_future(value):
-        return resolve_futures_to_states(value)
-    return value
+    return resolve_futures_to_states(value) if returns_futures else value
+
+
+def _mark_resolved(value: Any) -> None:
+    from nbflow.resolve import visit
+
+    def mark(future: PrefectFuture) -> PrefectFuture:
+        future.task_run._resolved = True
+        return future
+
+    visit(value, on_future=mark)
 
 
 def _holds_future(value: Any) -> bool:

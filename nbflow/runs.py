@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import itertools
 import random
 import threading
@@ -240,6 +241,7 @@ class TaskRun(Completion):
         "_dependencies",
         "_resolved",
         "_thread_id",
+        "_context",
         "__weakref__",
     )
 
@@ -270,6 +272,9 @@ class TaskRun(Completion):
         self._dependencies: tuple | None = None
         self._resolved = False  # someone asked for the result, or depended on it
         self._thread_id: int | None = None
+        # Context variables as they were at submit time, entered where the run
+        # executes (as Prefect does): user ContextVars and tags reach the task.
+        self._context: contextvars.Context | None = None
         if flow_run is not None:
             flow_run.task_runs.append(self)
         if _subscribers:
@@ -337,6 +342,7 @@ class TaskRun(Completion):
 
         Returns False (and changes nothing) if the run had already ended.
         """
+        state._run_id = self._id
         return self._open(self.states, state)
 
     def _after_open(self) -> None:

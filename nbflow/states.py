@@ -48,7 +48,10 @@ class State(Generic[R]):
     :class:`~nbflow.exceptions.UnfinishedRun` when the run has no result yet.
     """
 
-    __slots__ = ("type", "name", "message", "data", "_ts")
+    # _run_id: the id of the task run that ended in this state (None for a
+    # state made by hand), so a flow can tell a returned run state from a
+    # state it should take as its own.
+    __slots__ = ("type", "name", "message", "data", "_ts", "_run_id")
 
     def __init__(
         self,
@@ -63,13 +66,14 @@ class State(Generic[R]):
         self.message = message
         self.data = data
         self._ts = time.time() if timestamp is None else timestamp
+        self._run_id: int | None = None
 
     # -- pickling (slots, and states cross process boundaries) --------------
     def __getstate__(self) -> tuple:
-        return (self.type, self.name, self.message, self.data, self._ts)
+        return (self.type, self.name, self.message, self.data, self._ts, self._run_id)
 
     def __setstate__(self, s: tuple) -> None:
-        self.type, self.name, self.message, self.data, self._ts = s
+        self.type, self.name, self.message, self.data, self._ts, self._run_id = s
 
     @property
     def timestamp(self) -> datetime.datetime:

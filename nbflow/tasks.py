@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import inspect
 import string
+from contextvars import copy_context
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
 from typing import ParamSpec
@@ -31,7 +32,6 @@ _ACCEPTED_OPTIONS = (
     "result_serializer",
     "result_storage_key",
     "cache_result_in_memory",
-    "refresh_cache",
     "cache_policy",
     "viz_return_value",
     "version",
@@ -69,6 +69,7 @@ class Task(Generic[P, R]):
         tags: Iterable[str] | None = None,
         cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None,
         cache_expiration: datetime.timedelta | None = None,
+        refresh_cache: bool | None = None,
         task_run_name: str | Callable[..., str] | None = None,
         retries: int | None = None,
         retry_delay_seconds: float | list[float] | Callable[[int], list[float]] | None = None,
@@ -100,6 +101,7 @@ class Task(Generic[P, R]):
         self.tags = frozenset(tags or ())
         self.cache_key_fn = cache_key_fn
         self.cache_expiration = cache_expiration
+        self.refresh_cache = refresh_cache
         self.task_run_name = task_run_name
         self.retries = int(retries or 0)
         if isinstance(retry_delay_seconds, (list, tuple)) and len(retry_delay_seconds) > _MAX_RETRY_DELAYS:
@@ -126,6 +128,7 @@ class Task(Generic[P, R]):
             tags=self.tags,
             cache_key_fn=self.cache_key_fn,
             cache_expiration=self.cache_expiration,
+            refresh_cache=self.refresh_cache,
             task_run_name=self.task_run_name,
             retries=self.retries,
             retry_delay_seconds=self.retry_delay_seconds,
@@ -217,6 +220,7 @@ class Task(Generic[P, R]):
             self.tags | extra_tags if extra_tags else self.tags,
             map_index,
         )
+        run._context = copy_context()
         if wait_for is None:
             for value in parameters.values():
                 if type(value) not in _ATOMIC:
@@ -343,6 +347,7 @@ def task(
     tags: Iterable[str] | None = None,
     cache_key_fn: Callable[..., str | None] | None = None,
     cache_expiration: datetime.timedelta | None = None,
+    refresh_cache: bool | None = None,
     task_run_name: str | Callable[..., str] | None = None,
     retries: int | None = None,
     retry_delay_seconds: Any = None,

@@ -5,7 +5,8 @@ Like ``concurrent.futures.ThreadPoolExecutor`` it starts threads lazily, up to
 run's result (``TaskRun.wait`` calls :meth:`WorkerPool.blocking`) lends its
 slot to a new thread, so at most ``max_workers`` threads *execute* at once
 while a task that submits tasks and waits on them always makes progress, even
-with ``max_workers=1``. Extra threads leave once the blocked ones resume.
+with ``max_workers=1``. A worker that resumes takes its slot back (it waits
+for one to be free), and extra threads leave once the blocked ones resume.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ class WorkerPool:
         self._name = name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._slot_free = threading.Condition(self._lock)
         self._threads = 0
         self._idle = 0
         self._blocked = 0
+        self._running = 0  # threads executing an item and not blocked
+        self._slot_waiters = 0
         self._closed = False
 
     @property
@@ -70,19 +74,36 @@ class WorkerPool:
             item = get()
             if item is _STOP:
                 return
+            with lock:
+                self._take_slot()
             target(item)
             item = None
             with lock:
+                self._give_slot()
                 if self._threads > self._max + self._blocked:
                     self._threads -= 1  # a stand-in for a blocked worker: leave
                     return
                 self._idle += 1
+
+    # -- execution slots (called with the lock held) ---------------------------
+    def _take_slot(self) -> None:
+        while self._running >= self._max:
+            self._slot_waiters += 1
+            self._slot_free.wait()
+            self._slot_waiters -= 1
+        self._running += 1
+
+    def _give_slot(self) -> None:
+        self._running -= 1
+        if self._slot_waiters:
+            self._slot_free.notify()
 
     # -- called by TaskRun.wait from inside a worker -------------------------
     def blocking(self) -> None:
         """The calling worker is about to block: let another thread take its slot."""
         with self._lock:
             self._blocked += 1
+            self._give_slot()
             spawn = (
                 not self._closed
                 and not self._queue.empty()
@@ -94,8 +115,10 @@ class WorkerPool:
             self._spawn()
 
     def unblocking(self) -> None:
+        """The calling worker resumes: it waits for a free slot first."""
         with self._lock:
             self._blocked -= 1
+            self._take_slot()
 
     def shutdown(self) -> None:
         """Stop taking work; threads finish what they run and leave."""
