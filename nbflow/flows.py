@@ -21,6 +21,7 @@ from nbflow import states as S
 from nbflow.context import current_flow_run, flow_run_var, tags_var, task_run_var
 from nbflow.exceptions import FlowRunTimeoutError, ParameterTypeError, UnfinishedTaskRunsWarning
 from nbflow.futures import PrefectFuture
+from nbflow.resolve import find
 from nbflow.runs import FlowRun, iter_task_runs
 from nbflow.signature import CallSignature, render_run_name
 from nbflow.states import State, StateType
@@ -265,7 +266,7 @@ def _body_state(flow_run: FlowRun, ok: bool, value: Any, what: str, timeout: flo
     state = engine.outcome_state(ok, value, what, timeout, FlowRunTimeoutError)
     if ok:
         # Returned task-run states (futures became states): the flow fails if one did not complete.
-        returned = _states_in(value)
+        returned = find(value, State)
         failed = [s for s in returned if not s.is_completed()]
         if failed:
             first = failed[0]
@@ -275,26 +276,13 @@ def _body_state(flow_run: FlowRun, ok: bool, value: Any, what: str, timeout: flo
     return state
 
 
-def _states_in(value: Any) -> list[State]:
-    from nbflow.resolve import visit
-
-    found: list[State] = []
-
-    def keep(state: State) -> State:
-        found.append(state)
-        return state
-
-    visit(value, on_future=lambda f: f, on_state=keep)
-    return found
-
-
 def _settle(flow_run: FlowRun, value: Any) -> Any:
     """Wait for the run's unfinished task runs; turn returned futures into their states."""
     from nbflow.futures import resolve_futures_to_states
 
-    returns_futures = isinstance(value, PrefectFuture) or _holds_future(value)
-    if returns_futures:
-        _mark_resolved(value)
+    returned = find(value, PrefectFuture)
+    for future in returned:
+        future.task_run._resolved = True
     unfinished = [r for r in flow_run.task_runs if not r._done]
     unresolved = [r for r in unfinished if not r._resolved]
     for run in unfinished:
@@ -309,24 +297,7 @@ def _settle(flow_run: FlowRun, value: Any) -> Any:
             UnfinishedTaskRunsWarning,
             stacklevel=2,
         )
-    return resolve_futures_to_states(value) if returns_futures else value
-
-
-def _mark_resolved(value: Any) -> None:
-    from nbflow.resolve import visit
-
-    def mark(future: PrefectFuture) -> PrefectFuture:
-        future.task_run._resolved = True
-        return future
-
-    visit(value, on_future=mark)
-
-
-def _holds_future(value: Any) -> bool:
-    if isinstance(value, (list, tuple, set, dict)):
-        items = value.values() if isinstance(value, dict) else value
-        return any(isinstance(v, PrefectFuture) or _holds_future(v) for v in items)
-    return False
+    return resolve_futures_to_states(value) if returned else value
 
 
 def _cancel_unfinished(flow_run: FlowRun, reason: str, interrupt: bool) -> None:

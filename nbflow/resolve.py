@@ -44,6 +44,19 @@ def visit(value: Any, on_future: Callable[[Any], Any], on_state: Callable[[Any],
 _DESCEND = object()
 
 
+def find(value: Any, kind: type) -> list[Any]:
+    """Every future (``kind=PrefectFuture``) or state (``kind=State``) inside ``value``."""
+    found: list[Any] = []
+
+    def keep(item: Any) -> Any:
+        if isinstance(item, kind):
+            found.append(item)
+        return item
+
+    visit(value, on_future=keep, on_state=keep)
+    return found
+
+
 def _walk(value: Any, leaf: Callable[[Any], Any]) -> Any:
     """Apply ``leaf`` to ``value`` or, where it says ``_DESCEND``, to what it contains."""
     t = type(value)
@@ -210,4 +223,4 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
     return _walk(value, leaf)
 
 
-__all__ = ["visit", "collect", "resolve"]
+__all__ = ["visit", "find", "collect", "resolve"]
