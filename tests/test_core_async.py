@@ -1,0 +1,237 @@
+"""Async tasks and flows; sync flows while an event loop runs (Jupyter); run_coroutine."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+
+import pytest
+
+import nbflow.runtime
+from nbflow import flow, task
+from nbflow.engine import run_coroutine
+from nbflow.runs import last_flow_run
+
+SAFETY = 10.0
+
+
+def arun(coro):
+    """``asyncio.run(coro)`` in a fresh thread: a loop left running in this thread by other
+    tests (or a host like Jupyter) cannot leak in; the coroutine still runs inside a running loop."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, name="test-asyncio-run")
+    thread.start()
+    thread.join(SAFETY * 2)
+    assert not thread.is_alive(), "coroutine did not finish (safety timeout)"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@task
+async def async_double(x):
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+@task
+async def async_fail():
+    await asyncio.sleep(0)
+    raise ValueError("async boom")
+
+
+@task
+def sync_inc(x):
+    return x + 1
+
+
+def test_async_tasks_submit_and_map_from_sync_flow():
+    @flow
+    def f():
+        one = async_double.submit(1).result()
+        many = async_double.map([1, 2, 3]).result()
+        chained = sync_inc.submit(async_double.submit(5)).result()
+        return one, many, chained
+
+    assert f() == (2, [2, 4, 6], 11)
+
+
+def test_async_task_failure_from_sync_flow():
+    @flow
+    def f():
+        with pytest.raises(ValueError, match="async boom"):
+            async_fail.submit().result()
+        return "handled"
+
+    assert f() == "handled"
+
+
+def test_async_tasks_submit_and_map_from_async_flow():
+    @flow
+    async def f():
+        fut = async_double.submit(1)
+        futures = async_double.map([1, 2])
+        return fut.result(), futures.result()  # .result() is sync
+
+    assert arun(f()) == (2, [2, 4])
+
+
+def test_await_async_task_inside_async_flow_runs_in_flows_loop():
+    loops = {}
+
+    @task
+    async def where():
+        loops["task"] = asyncio.get_running_loop()
+        return nbflow.runtime.task_run.task_name
+
+    @flow
+    async def f():
+        loops["flow"] = asyncio.get_running_loop()
+        return await where()
+
+    assert arun(f()) == "where"
+    assert loops["task"] is loops["flow"]
+
+
+@pytest.mark.timeout(20)
+def test_gather_of_awaited_tasks_runs_them_concurrently():
+    @task
+    async def ping_pong(me, other_events, my_event):
+        my_event.set()
+        await asyncio.wait_for(other_events.wait(), SAFETY)  # needs the other task to run meanwhile
+        return me
+
+    @flow
+    async def f():
+        a, b = asyncio.Event(), asyncio.Event()
+        return await asyncio.gather(ping_pong("a", b, a), ping_pong("b", a, b))
+
+    assert arun(f()) == ["a", "b"]
+
+
+def test_async_task_called_inline_from_sync_flow_returns_coroutine():
+    @flow
+    def f():
+        coro = async_double(4)
+        assert inspect.iscoroutine(coro)
+        return run_coroutine(coro)
+
+    assert f() == 8
+
+
+def test_async_flow_call_returns_coroutine_and_records_run():
+    @flow
+    async def af(x):
+        return await async_double(x)
+
+    coro = af(3)
+    assert inspect.iscoroutine(coro)
+    assert arun(coro) == 6
+    assert last_flow_run().state.is_completed()
+
+
+def test_async_flow_failure_raises_on_await():
+    @flow
+    async def af():
+        await async_fail()
+
+    with pytest.raises(ValueError, match="async boom"):
+        arun(af())
+
+
+def test_sync_flow_called_while_an_event_loop_is_running():
+    @flow
+    def sync_flow(x):
+        return sync_inc.submit(x).result() + async_double.submit(x).result() + sync_inc(x)
+
+    async def notebook_cell():
+        return sync_flow(1)
+
+    assert arun(notebook_cell()) == 2 + 2 + 2
+
+
+def test_sync_flow_with_inline_async_task_while_loop_runs():
+    @flow
+    def sync_flow():
+        return run_coroutine(async_double(21))
+
+    async def notebook_cell():
+        return sync_flow()
+
+    assert arun(notebook_cell()) == 42
+
+
+def test_async_flow_awaited_in_running_loop():
+    @flow
+    async def af():
+        return await async_double(2)
+
+    async def notebook_cell():
+        return await af()
+
+    assert arun(notebook_cell()) == 4
+
+
+def test_run_coroutine_outside_and_inside_running_loop():
+    async def value():
+        await asyncio.sleep(0)
+        return "v"
+
+    assert run_coroutine(value()) == "v"
+
+    async def in_loop():
+        return run_coroutine(value())
+
+    assert arun(in_loop()) == "v"
+
+
+def test_async_task_retries():
+    attempts = []
+
+    @task(retries=2)
+    async def flaky():
+        attempts.append(nbflow.runtime.task_run.run_count)
+        if len(attempts) < 3:
+            raise RuntimeError("again")
+        return "ok"
+
+    @flow
+    async def af():
+        return await flaky()
+
+    assert arun(af()) == "ok"
+    assert attempts == [1, 2, 3]
+
+
+def test_async_subflow_in_async_flow():
+    @flow
+    async def child(x):
+        return await async_double(x)
+
+    @flow
+    async def parent():
+        return await child(5) + 1
+
+    assert arun(parent()) == 11
+    fr = last_flow_run()
+    assert len(fr.subflow_runs) == 1
+
+
+def test_async_task_runtime_context():
+    @task(task_run_name="async-{x}")
+    async def named(x):
+        return nbflow.runtime.task_run.name
+
+    @flow
+    def f():
+        return named.submit(1).result()
+
+    assert f() == "async-1"
