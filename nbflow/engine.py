@@ -77,10 +77,13 @@ def _call_sync(request: Request) -> Outcome:
     if run is not None:
         run._thread_id = threading.get_ident()
     try:
-        with deadline(None if _is_async(fn) else timeout):
+        if timeout is None:
             value = fn(*args, **kwargs)
-            if inspect.isawaitable(value):
-                value = run_coroutine(_with_timeout(value, timeout))
+        else:
+            with deadline(timeout):  # an async fn only builds its coroutine here
+                value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = run_coroutine(_with_timeout(value, timeout))
         return True, value
     except BaseException as exc:  # handed to the lifecycle, which decides
         return False, exc
