@@ -186,7 +186,7 @@ class RunLoggerAdapter(logging.LoggerAdapter):
     """A logger adapter that tags records with the run's names."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        kwargs["extra"] = {**self.extra, **(kwargs.get("extra") or {})}
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
         return msg, kwargs
 
 
@@ -222,7 +222,7 @@ def get_run_logger(**extra: Any) -> logging.LoggerAdapter:
                 "function decorated with @flow or @task, or use logging.getLogger(...) here."
             )
         adapter = _adapter(flow_run_logger, flow_run)
-    adapter.extra = {**adapter.extra, **extra}
+    adapter.extra = {**(adapter.extra or {}), **extra}
     return adapter
 
 

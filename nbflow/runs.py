@@ -31,6 +31,7 @@ from nbflow.states import State, StateType
 
 if TYPE_CHECKING:
     from nbflow.flows import Flow
+    from nbflow.task_runners import TaskRunner
     from nbflow.tasks import Task
 
 
@@ -293,7 +294,7 @@ class TaskRun(Completion):
                 self._name = self.task.name
             else:
                 self._name = f"{self.task.name}-{self._id >> 116:03x}"
-        return self._name
+        return self._name  # type: ignore[return-value]
 
     @name.setter
     def name(self, value: str) -> None:
@@ -420,7 +421,7 @@ class FlowRun:
         self.states: list[State] = [State(StateType.PENDING)]
         self.run_count = 0
         self.tags = tags
-        self.task_runner = None
+        self.task_runner: TaskRunner | None = None  # a fresh one per attempt
         self._id = _new_id()
         self._name: str | None = None
         self._number = next(FlowRun._counter)
