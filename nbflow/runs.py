@@ -52,9 +52,12 @@ class RunEvent(NamedTuple):
 
 Subscriber = Callable[[RunEvent], Any]
 
-# A tuple, replaced on (un)subscribe, so publishing needs no lock and the
-# no-subscriber check is one truth test.
+# Tuples, replaced on (un)subscribe, so publishing needs no lock and the
+# no-subscriber check is one truth test. Task runs (the hot path) publish to
+# _subscribers; flow runs to _flow_subscribers: those plus the subscribers
+# that asked for flow-run events only.
 _subscribers: tuple[Subscriber, ...] = ()
+_flow_subscribers: tuple[Subscriber, ...] = ()
 _subscribers_lock = threading.Lock()
 
 
@@ -67,9 +70,10 @@ class Subscription:
         self.callback = callback
 
     def unsubscribe(self) -> None:
-        global _subscribers
+        global _subscribers, _flow_subscribers
         with _subscribers_lock:
             _subscribers = tuple(s for s in _subscribers if s is not self.callback)
+            _flow_subscribers = tuple(s for s in _flow_subscribers if s is not self.callback)
 
     __call__ = unsubscribe
 
@@ -80,22 +84,27 @@ class Subscription:
         self.unsubscribe()
 
 
-def subscribe(callback: Subscriber) -> Subscription:
+def subscribe(callback: Subscriber, task_runs: bool = True) -> Subscription:
     """Call ``callback(event)`` for every run event from now on.
 
-    Returns a handle whose ``unsubscribe()`` (or a call, or leaving a ``with``
-    block) stops the calls. A callback that raises is reported once and removed.
+    With ``task_runs=False`` only flow-run events are delivered, and task-run
+    transitions cost nothing for this subscriber (a watcher that reads task
+    runs from the records on its own clock). Returns a handle whose
+    ``unsubscribe()`` (or a call, or leaving a ``with`` block) stops the
+    calls. A callback that raises is reported once and removed.
     """
-    global _subscribers
+    global _subscribers, _flow_subscribers
     if not callable(callback):
         raise TypeError(f"nbflow.runs.subscribe() needs a callable, got {callback!r}")
     with _subscribers_lock:
-        _subscribers = _subscribers + (callback,)
+        if task_runs:
+            _subscribers = _subscribers + (callback,)
+        _flow_subscribers = _flow_subscribers + (callback,)
     return Subscription(callback)
 
 
-def _publish(event: RunEvent) -> None:
-    for callback in _subscribers:
+def _publish(event: RunEvent, callbacks: tuple[Subscriber, ...] | None = None) -> None:
+    for callback in _subscribers if callbacks is None else callbacks:
         try:
             callback(event)
         except Exception as exc:  # a broken subscriber must not break runs
@@ -428,8 +437,8 @@ class FlowRun:
         if parent is not None:
             parent.subflow_runs.append(self)
         _record(self)
-        if _subscribers:
-            _publish(RunEvent("state", self, self.states[0]))
+        if _flow_subscribers:
+            _publish(RunEvent("state", self, self.states[0]), _flow_subscribers)
 
     @property
     def id(self) -> uuid.UUID:
@@ -472,8 +481,8 @@ class FlowRun:
 
     def set_state(self, state: State) -> None:
         self.states.append(state)
-        if _subscribers:
-            _publish(RunEvent("state", self, state))
+        if _flow_subscribers:
+            _publish(RunEvent("state", self, state), _flow_subscribers)
 
     def state_counts(self) -> dict[str, int]:
         """How many of this run's task runs are in each state (by state name)."""

@@ -16,7 +16,7 @@ import abc
 import io
 import sys
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from nbflow.annotations import BaseAnnotation, unmapped
 from nbflow.exceptions import MappingLengthMismatch, MappingMissingIterable
@@ -152,24 +152,21 @@ class TaskRunner(abc.ABC):
 
     # -- scheduling ------------------------------------------------------------------------
     def _schedule(self, run: TaskRun) -> None:
-        """Dispatch ``run`` now, or once its last unfinished upstream run ends."""
+        """Dispatch ``run`` now, or once its last pending upstream run ends."""
+        pending = self._pending_upstream(run)
+        if pending:
+            when_done(run, pending, self._dispatch)
+        else:
+            self._dispatch(run)
+
+    def _pending_upstream(self, run: TaskRun) -> list[TaskRun]:
+        """The upstream runs that must end before ``run`` is dispatched: here, every unfinished one.
+
+        Cluster runners leave out upstream runs on their own engine, which
+        orders them itself.
+        """
         deps = run._dependencies
-        if deps:
-            pending = [dep for dep, _ in deps if not dep._done]
-            if pending:
-                run._deps_left = len(pending)
-
-                def upstream_done(_dep: TaskRun) -> None:
-                    with _done_lock:
-                        run._deps_left -= 1
-                        ready = run._deps_left == 0
-                    if ready:
-                        self._dispatch(run)
-
-                for dep in pending:
-                    dep.add_done_callback(upstream_done)
-                return
-        self._dispatch(run)
+        return [dep for dep, _ in deps if not dep._done] if deps else []
 
     @abc.abstractmethod
     def _dispatch(self, run: TaskRun) -> None:
@@ -177,6 +174,21 @@ class TaskRunner(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def when_done(run: TaskRun, pending: list[TaskRun], then: Callable[[TaskRun], Any]) -> None:
+    """Call ``then(run)`` once every run in ``pending`` has ended (no thread waits meanwhile)."""
+    run._deps_left = len(pending)
+
+    def upstream_done(_dep: TaskRun) -> None:
+        with _done_lock:
+            run._deps_left -= 1
+            ready = run._deps_left == 0
+        if ready:
+            then(run)
+
+    for dep in pending:
+        dep.add_done_callback(upstream_done)
 
 
 def _collapse_var_keyword(call: dict[str, Any], signature: Any) -> dict[str, Any]:

@@ -1,0 +1,342 @@
+"""The ``%%flow`` cell magic and the ``%nbflow`` line magic.
+
+``%%flow`` makes the cell body the body of a flow run: it executes in the
+notebook's namespace (names it assigns stay there), ``.submit``/``.map`` work
+at its top level, its task runs are waited for, and an exception in it fails
+the run and shows as usual; the value of its last expression is the cell's
+result.
+
+In a kernel the cell *awaits* its run: an input transformer turns a
+``%%flow`` cell into ``await run_flow_cell(...)``, the flow runs in a
+background thread, and the kernel goes on handling widget messages (a
+blocked, synchronous cell never receives them), so the view's Cancel button
+works; a kernel interrupt cancels the run and returns within
+``settings.interrupt_grace`` seconds. Elsewhere (a terminal IPython) the
+magic runs the flow in the calling thread.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import contextvars
+import re
+import signal
+import threading
+from typing import Any, Callable, Iterator
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from nbflow.context import current_flow_run
+from nbflow.exceptions import CancelledRun
+from nbflow.flows import Flow, cancel_flow_run
+from nbflow.notebook import output, session as sessions
+from nbflow.notebook.session import CellOptions, NotebookSession, settings
+from nbflow.notebook.viewmodel import root_of
+from nbflow.runs import FlowRun, find_flow_run, last_flow_run
+from nbflow.timeouts import interrupt_thread
+
+RUNNERS = ("thread", "process", "dask", "ray")
+
+
+def make_runner(name: str, max_workers: int | None) -> Any:
+    """The task runner a ``%%flow --runner NAME --max-workers N`` cell asks for."""
+    from nbflow import task_runners
+
+    if name == "thread":
+        return task_runners.ThreadPoolTaskRunner(max_workers=max_workers)
+    if name == "process":
+        return task_runners.ProcessPoolTaskRunner(max_workers=max_workers)
+    if name == "dask":
+        runner = task_runners.DaskTaskRunner
+        return runner(cluster_kwargs={"n_workers": max_workers}) if max_workers else runner()
+    if name == "ray":
+        runner = task_runners.RayTaskRunner
+        return runner(init_kwargs={"num_cpus": max_workers}) if max_workers else runner()
+    raise UsageError(f"--runner must be one of {', '.join(RUNNERS)}, got {name!r}")
+
+
+def run_code(shell: Any, source: str, filename: str) -> Any:
+    """Execute Python source in the user namespace like a cell; return its last expression's value.
+
+    ``filename`` names the source in tracebacks (IPython caches it); a
+    trailing ``;`` hides the value, as in any cell.
+    """
+    tree = shell.transform_ast(shell.compile.ast_parse(source, filename=filename))
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr) and not source.rstrip().endswith(";"):
+        last = ast.Expression(tree.body.pop().value)
+    if tree.body:
+        exec(shell.compile(tree, filename, "exec"), shell.user_global_ns, shell.user_ns)
+    if last is not None:
+        return eval(shell.compile(last, filename, "eval"), shell.user_global_ns, shell.user_ns)
+    return None
+
+
+def _cell_number(shell: Any) -> int:
+    """The number of the cell executing now (IPython 9 counts up before executing, 8 after)."""
+    result = getattr(shell.displayhook, "exec_result", None)
+    return getattr(result, "execution_count", None) or shell.execution_count
+
+
+def wait_for_task_runs(flow_run: FlowRun) -> None:
+    """Wait until every task run of ``flow_run`` has ended (including runs started meanwhile)."""
+    while True:
+        pending = [run for run in list(flow_run.task_runs) if not run.done]
+        if not pending:
+            return
+        for run in pending:
+            run.wait()
+
+
+class CellFlow:
+    """One execution of a ``%%flow`` cell: its flow, its run, and the cell's value."""
+
+    def __init__(self, shell: Any, session: NotebookSession, line: str, cell: str) -> None:
+        args = parse_argstring(NbflowMagics.flow, line)
+        if args.max_workers is not None and args.max_workers < 1:
+            raise UsageError(f"--max-workers must be at least 1, got {args.max_workers}")
+        self.shell = shell
+        # Magics in the body are transformed now; a blank first line stands for the %%flow
+        # line, so tracebacks number the body's lines as the cell does.
+        self.source = "\n" + shell.transform_cell(cell)
+        self.filename = shell.compile.cache(self.source, _cell_number(shell), raw_code=self.source)
+        self.flow = Flow(self._body, name=args.name or "cell", task_runner=make_runner(args.runner, args.max_workers))
+        session.cells[self.flow] = CellOptions(view=not args.no_view, cancel=self.cancel)
+        self.value: Any = None
+        self.flow_run: FlowRun | None = None
+        self._thread: threading.Thread | None = None
+        self._in_body = False
+        self._lock = threading.Lock()
+        self._outcome: tuple[bool, Any] | None = None
+        self._cancelled_from_view = False
+
+    def _body(self) -> None:
+        with self._lock:
+            self.flow_run = current_flow_run()
+            self._in_body = True
+        try:
+            self.value = run_code(self.shell, self.source, self.filename)
+            if self.flow_run is not None:
+                wait_for_task_runs(self.flow_run)
+        finally:
+            with self._lock:
+                self._in_body = False
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> Any:
+        """Run the flow in this thread; the cell's value, or its exception raised."""
+        __tracebackhide__ = True
+        try:
+            self.flow()
+        except BaseException as exc:
+            raise self._failure(exc) from None
+        return self.value
+
+    async def run_async(self) -> Any:
+        """Run the flow in a background thread while the kernel's loop keeps serving messages.
+
+        An interrupt (SIGINT, or the awaiting task being cancelled) stops the
+        run; after ``settings.interrupt_grace`` seconds the cell returns even
+        if a task is still blocked in C code.
+        """
+        __tracebackhide__ = True
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        parent = output.current_parent(self.shell)
+        interrupted = False
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def interrupt() -> None:
+            nonlocal interrupted
+            if not interrupted:
+                interrupted = True
+                self._stop("interrupted")
+                loop.call_later(settings.interrupt_grace, finished)
+
+        def target() -> None:
+            with output.thread_parent(self.shell, parent):
+                try:
+                    self._outcome = (True, self.flow())
+                except BaseException as exc:  # handed to the awaiting cell
+                    self._outcome = (False, exc)
+            loop.call_soon_threadsafe(finished)
+
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(target,), name="nbflow-cell", daemon=True)
+        with _on_sigint(lambda: loop.call_soon_threadsafe(interrupt)):  # before the run can start
+            self._thread.start()
+            while not done.done():
+                try:
+                    await asyncio.shield(done)
+                except asyncio.CancelledError:  # how ipykernel passes an interrupt on to a coroutine
+                    interrupt()
+        if self._outcome is None:
+            name = self.flow_run.name if self.flow_run is not None else self.flow.name
+            raise KeyboardInterrupt(f"flow run {name!r} is still stopping in the background; its view shows when it has.")
+        ok, value = self._outcome
+        if not ok:
+            raise self._failure(value) from None
+        return self.value
+
+    def cancel(self) -> None:
+        """The view's Cancel button: stop the cell's body and cancel its unfinished task runs."""
+        self._cancelled_from_view = True
+        self._stop("cancelled from the run view")
+
+    def _stop(self, reason: str) -> None:
+        with self._lock:
+            thread = self._thread
+            if self._in_body and thread is not None and thread.ident is not None:
+                interrupt_thread(thread.ident, KeyboardInterrupt)
+            flow_run = self.flow_run
+        if flow_run is not None:
+            cancel_flow_run(flow_run, reason)
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """What the cell raises: the body's exception without nbflow's frames in front."""
+        if isinstance(exc, KeyboardInterrupt) and self._cancelled_from_view:
+            name = self.flow_run.name if self.flow_run is not None else self.flow.name
+            return CancelledRun(
+                f"Flow run {name!r} was cancelled from its view: task runs that had not finished "
+                "were cancelled, completed ones kept."
+            )
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != self.filename:
+            tb = tb.tb_next
+        return exc.with_traceback(tb) if tb is not None else exc
+
+
+@contextlib.contextmanager
+def _on_sigint(callback: Callable[[], Any]) -> Iterator[None]:
+    """Within the block, SIGINT (a kernel interrupt) calls ``callback`` instead of raising.
+
+    ipykernel 7.4 turns SIGINT during an awaiting cell into a cancellation only
+    once its loop wakes for another reason, so the cell handles it itself.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: callback())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# -- the input transformer that makes %%flow cells awaitable ----------------------------------
+_FLOW_CELL = re.compile(r"%%flow(?=\s|$)")
+
+
+def flow_cell_transformer(lines: list[str]) -> list[str]:
+    """Turn a ``%%flow`` cell into ``await run_flow_cell(line, body)`` (an IPython cleanup transform).
+
+    Only where IPython awaits top-level ``await`` on asyncio (``%autoawait``
+    on, the default); elsewhere the cell stays a plain cell magic.
+    """
+    if not lines or not _FLOW_CELL.match(lines[0]) or not _awaits_on_asyncio():
+        return lines
+    line = lines[0][len("%%flow") :].strip()
+    body = "".join(lines[1:])
+    return [f"await __import__('nbflow.notebook.magics', fromlist=['_']).run_flow_cell({line!r}, {body!r})\n"]
+
+
+def _awaits_on_asyncio() -> bool:
+    from IPython import get_ipython
+    from IPython.core.async_helpers import _asyncio_runner
+
+    shell = get_ipython()
+    return shell is not None and shell.autoawait and shell.loop_runner is _asyncio_runner
+
+
+async def run_flow_cell(line: str, body: str) -> Any:
+    """What an awaitable ``%%flow`` cell runs."""
+    __tracebackhide__ = True
+    from IPython import get_ipython
+
+    return await CellFlow(get_ipython(), sessions.get(), line, body).run_async()
+
+
+# -- the magics --------------------------------------------------------------------------------
+def _find_run(target: str | None) -> FlowRun:
+    if target is None:
+        run = last_flow_run()
+        if run is None:
+            raise UsageError("no flow run yet: run a flow (or a %%flow cell) first")
+        return run
+    try:
+        return find_flow_run(int(target) if re.fullmatch(r"-?\d+", target) else target)
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@magics_class
+class NbflowMagics(Magics):
+    """``%%flow`` and ``%nbflow``."""
+
+    def __init__(self, shell: Any, session: NotebookSession) -> None:
+        super().__init__(shell)
+        self.session = session
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="the flow's name (default: cell)")
+    @argument("--runner", choices=RUNNERS, default="thread", help="where task runs execute (default: thread)")
+    @argument("--max-workers", type=int, default=None, metavar="N", help="most task runs executing at once")
+    @argument("--no-view", action="store_true", help="do not show the live run view")
+    @cell_magic
+    def flow(self, line: str, cell: str) -> Any:
+        """Run the cell as a flow run.
+
+        The cell body is the flow's body: ``.submit()`` and ``.map()`` work at
+        its top level, names it assigns stay in the notebook, task runs it
+        started are waited for, and an exception fails the run and shows as
+        usual. The cell's value is its last expression's. While it runs, the
+        live view shows the DAG, a state grid and the task runs; its Cancel
+        button (or interrupting the kernel) cancels what has not finished.
+
+        Example::
+
+            %%flow etl --max-workers 8
+            squares = square.map(range(100))
+            total = add.submit(squares)
+        """
+        __tracebackhide__ = True
+        return CellFlow(self.shell, self.session, line, cell).run()
+
+    @magic_arguments()
+    @argument("command", choices=("runs", "view", "dag"), help="runs: recent flow runs; view: a run's view; dag: its DAG")
+    @argument("target", nargs="?", help="a flow run (name, id prefix, or index: -1 is the last); for view also on/off")
+    @argument("--save", metavar="PATH", help="dag: also write the picture (.svg, .png, .pdf, .dot)")
+    @argument("-n", "--limit", type=int, default=20, help="runs: how many to list (default 20)")
+    @line_magic
+    def nbflow(self, line: str) -> Any:
+        """Look at flow runs: ``%nbflow runs``, ``%nbflow view [RUN|on|off]``, ``%nbflow dag [RUN] [--save PATH]``."""
+        from nbflow.notebook.dag import Dag
+        from nbflow.notebook.reprs import RunsTable
+
+        args = parse_argstring(self.nbflow, line)
+        if args.command == "runs":
+            return RunsTable(args.limit)
+        if args.command == "view":
+            if args.target in ("on", "off"):
+                settings.auto_view = args.target == "on"
+                print(f"nbflow: live run views {'on' if settings.auto_view else 'off'}")
+                return None
+            return self.session.view(_find_run(args.target))
+        dag = Dag.from_flow_run(root_of(_find_run(args.target)))
+        if args.save:
+            try:
+                path = dag.save(args.save)
+            except (RuntimeError, ValueError) as exc:
+                raise UsageError(str(exc)) from None
+            print(f"nbflow: DAG saved to {path}")
+        return dag
+
+
+__all__ = ["CellFlow", "NbflowMagics", "flow_cell_transformer", "make_runner", "run_code", "run_flow_cell"]

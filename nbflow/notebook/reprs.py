@@ -1,0 +1,372 @@
+"""HTML pictures of futures, future lists, states, task runs and flow runs.
+
+Called by the ``_repr_html_`` hooks of the core's classes and by the run
+view. Every name, parameter, message and result is HTML-escaped here, and
+results are summarised (type, shape or length, a short repr), never shipped
+whole. Parts that change from one execution to the next (generated run
+names, durations) are wrapped in ``<span class="nbflow-v">`` so a notebook
+test can mask them with one regex. Imports neither IPython nor ipywidgets.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from typing import Any, Iterable
+
+from nbflow.notebook.grid import GridImage, grid_png
+from nbflow.notebook.viewmodel import (
+    CATEGORIES,
+    DONE_CODES,
+    FAILED,
+    CRASHED,
+    Category,
+    RunModel,
+    category,
+    counts_dict,
+    format_exception,
+    run_exception,
+    short_repr,
+    state_code,
+    summarize,
+)
+from nbflow.runs import FlowRun, TaskRun, flow_runs
+from nbflow.states import State
+
+FONT = "font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;font-size:13px;line-height:1.45"
+_MUTED = "color:#6a6a6a"
+_PRE = (
+    "margin:2px 0 6px;padding:6px 8px;background:rgba(127,127,127,.08);border-radius:3px;"
+    "max-height:18em;overflow:auto;white-space:pre-wrap;font-size:12px"
+)
+VOLATILE = "nbflow-v"
+
+
+def esc(value: Any) -> str:
+    """HTML-escape text (quotes too, so it is safe in attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def volatile(text: str) -> str:
+    """Escaped text marked as changing between executions (run names, durations)."""
+    return f'<span class="{VOLATILE}">{esc(text)}</span>'
+
+
+def _text_colour(background: str) -> str:
+    r, g, b = (int(background[i : i + 2], 16) for i in (1, 3, 5))
+    return "#222" if 0.299 * r + 0.587 * g + 0.114 * b > 160 else "#fff"
+
+
+def badge(cat: Category, label: str | None = None) -> str:
+    """A small coloured label naming a state."""
+    return (
+        f'<span style="background:{cat.colour};color:{_text_colour(cat.colour)};border-radius:3px;'
+        f'padding:0 6px;font-size:11.5px;white-space:nowrap">{esc(label or cat.name)}</span>'
+    )
+
+
+def state_badge(state: State) -> str:
+    """A badge for a state, under the state's own name (``Cached``, ``TimedOut``, ...)."""
+    return badge(category(state), state.name)
+
+
+def chips(counts: Iterable[int]) -> str:
+    """``Completed 9 · Failed 1`` with coloured dots, for non-zero counts.
+
+    Each count is an element with ``data-state`` and ``data-count``, for tests
+    and scripts reading the page.
+    """
+    parts = []
+    for code, n in enumerate(counts):
+        if n:
+            cat = CATEGORIES[code]
+            parts.append(
+                f'<span data-state="{cat.name}" data-count="{n}" style="white-space:nowrap">'
+                f'<span style="color:{cat.colour}">&#9632;</span> {cat.name} {n:,}</span>'
+            )
+    return " &middot; ".join(parts) or f'<span style="{_MUTED}">no task runs yet</span>'
+
+
+def duration_text(seconds: float | None) -> str:
+    """``0.42 s``, ``12 s``, ``3 min 05 s``."""
+    if seconds is None:
+        return "not started"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def grid_img(image: GridImage, title: str = "") -> str:
+    """An ``<img>`` of a grid PNG, inline as a data URI."""
+    data = base64.b64encode(image.png).decode()
+    return (
+        f'<img src="data:image/png;base64,{data}" width="{image.width}" height="{image.height}" '
+        f'alt="{esc(title)}" title="{esc(title)}" style="image-rendering:pixelated;max-width:100%">'
+    )
+
+
+# -- values and states --------------------------------------------------------------------
+def value_html(value: Any) -> str:
+    """A summary of a result: type, shape or length, and a short repr."""
+    s = summarize(value)
+    facts = [f"<code>{esc(s.type)}</code>"]
+    if s.shape is not None:
+        facts.append(f"shape {esc(s.shape)}")
+    if s.length is not None:
+        facts.append(f"len {s.length:,}")
+    return " &middot; ".join(facts) + f'<pre style="{_PRE}">{esc(s.text)}</pre>'
+
+
+def _exception_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def state_html(state: State) -> str:
+    """A state: badge, message, and its result or exception."""
+    parts = [f'<div class="nbflow-state-card" style="{FONT}">{state_badge(state)}']
+    if state.message:
+        parts.append(f" {esc(state.message)}")
+    exc = run_exception(state)
+    if state.is_completed():
+        parts.append(f"<div>{value_html(state.data)}</div>")
+    elif exc is not None:
+        parts.append(f'<pre style="{_PRE}">{esc(_exception_line(exc))}</pre>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+# -- task runs and futures ------------------------------------------------------------------
+def _parameters_html(parameters: dict[str, Any]) -> str:
+    if not parameters:
+        return f'<span style="{_MUTED}">no parameters</span>'
+    rows = "".join(
+        f'<tr><td style="text-align:left;padding:0 8px 0 0;vertical-align:top"><code>{esc(k)}</code></td>'
+        f'<td style="text-align:left"><code>{esc(short_repr(v, 160))}</code></td></tr>'
+        for k, v in list(parameters.items())[:30]
+    )
+    more = f'<div style="{_MUTED}">… {len(parameters) - 30} more</div>' if len(parameters) > 30 else ""
+    return f'<table style="border-collapse:collapse">{rows}</table>{more}'
+
+
+def task_run_html(run: TaskRun) -> str:
+    """One task run: state, parameters, result summary, traceback, and what it printed."""
+    state = run.states[-1]
+    duration = run.duration
+    where = f"task <code>{esc(run.task.name)}</code>"
+    if run.map_index is not None:
+        where += f", map index {run.map_index}"
+    if duration is not None:
+        where += f", {volatile(duration_text(duration))}"
+    if run.run_count > 1:
+        where += f", {run.run_count} attempts"
+    parts = [
+        f'<div class="nbflow-task-run" style="{FONT}">',
+        f"<div><b>{volatile(run.name)}</b> {state_badge(state)} <span style=\"{_MUTED}\">{where}</span></div>",
+    ]
+    exc = run_exception(state)
+    if state.message and exc is None:
+        parts.append(f"<div>{esc(state.message)}</div>")
+    parts.append(f"<div><b>Parameters</b></div>{_parameters_html(run.parameters)}")
+    if state.is_completed():
+        parts.append(f"<div><b>Result</b> {value_html(state.data)}</div>")
+    if exc is not None:
+        parts.append(f'<div><b>Traceback</b></div><pre style="{_PRE}">{esc(format_exception(exc))}</pre>')
+    output: Any = run.output  # an OutputBuffer
+    if output is not None and len(output):
+        text = output.text()
+        if len(text) > 8000:
+            text = "…" + text[-8000:]
+        parts.append(f'<div><b>Output</b></div><pre style="{_PRE}">{esc(text)}</pre>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def future_html(future: Any) -> str:
+    """A future: its run's state, name, and result summary or error."""
+    run: TaskRun = future.task_run
+    state = run.states[-1]
+    line = f"{state_badge(state)} <code>{volatile(run.name)}</code>"
+    exc = run_exception(state)
+    if state.is_completed():
+        s = summarize(state.data)
+        line += f" &rarr; <code>{esc(s.text)}</code>"
+    elif exc is not None:
+        line += f" <span style=\"color:{CATEGORIES[FAILED].colour}\">{esc(_exception_line(exc))}</span>"
+    elif state.message:
+        line += f' <span style="{_MUTED}">{esc(state.message)}</span>'
+    return f'<div class="nbflow-future" style="{FONT}">{line}</div>'
+
+
+def future_list_html(futures: Iterable[Any]) -> str:
+    """A list of futures as a strip of coloured squares (one per future, in order) and counts."""
+    runs = [f.task_run for f in futures]
+    codes = bytes(state_code(r.states[-1]) for r in runs)
+    counts = [codes.count(c) for c in range(len(CATEGORIES))]
+    head = f"<b>{len(runs):,} future{'s' if len(runs) != 1 else ''}</b> &middot; {chips(counts)}"
+    body = grid_img(grid_png(codes, max_width=480, target_height=48), "task run states") if runs else ""
+    failed = next((r for r in runs if state_code(r.states[-1]) in (FAILED, CRASHED)), None)
+    note = ""
+    if failed is not None:
+        exc = run_exception(failed.states[-1])
+        why = _exception_line(exc) if exc is not None else (failed.states[-1].message or "")
+        note = (
+            f'<div style="{_MUTED}">first failure: <code>{volatile(failed.name)}</code> '
+            f"<span style=\"color:{CATEGORIES[FAILED].colour}\">{esc(why)}</span></div>"
+        )
+    return f'<div class="nbflow-futures" style="{FONT}"><div>{head}</div>{body}{note}</div>'
+
+
+# -- flow runs ---------------------------------------------------------------------------
+def run_text(model: RunModel) -> str:
+    """The stable one-line text of a run view: flow name, state, number of task runs."""
+    n = model.task_run_count()
+    return f"<nbflow run {model.flow_run.flow_name!r}: {model.state.name}, {n} task run{'s' if n != 1 else ''}>"
+
+
+def header_html(model: RunModel, counts: list[int] | None = None) -> str:
+    """Flow name, run name, state, elapsed time, task runs done and per state, and a progress bar.
+
+    Page readers find the state in ``.nbflow-state[data-state]``, progress in
+    ``.nbflow-progress[data-done][data-total]`` and the counts in
+    ``.nbflow-counts [data-state][data-count]``.
+    """
+    flow_run = model.flow_run
+    counts = model.counts() if counts is None else counts
+    total = sum(counts)
+    done = sum(n for code, n in enumerate(counts) if code in DONE_CODES)
+    state = flow_run.state
+    colour = CATEGORIES[FAILED].colour if counts[FAILED] or counts[CRASHED] else category(state).colour
+    return (
+        f'<div style="{FONT}"><b style="font-size:14px">{esc(flow_run.flow_name)}</b> '
+        f'{volatile(flow_run.name)} <span class="nbflow-state" data-state="{esc(state.name)}">{state_badge(state)}</span> '
+        f'<span style="{_MUTED}">{volatile(duration_text(model.elapsed()))}</span>'
+        f'<div><span class="nbflow-progress" data-done="{done}" data-total="{total}">{done:,} of {total:,} '
+        f"task run{'s' if total != 1 else ''} done</span> &middot; "
+        f'<span class="nbflow-counts">{chips(counts)}</span></div>'
+        '<div style="height:6px;background:rgba(127,127,127,.2);border-radius:3px;margin:4px 0 6px">'
+        f'<div class="nbflow-bar" style="height:6px;width:{100 * done / total if total else 0:.1f}%;'
+        f'background:{colour};border-radius:3px"></div></div></div>'
+    )
+
+
+def grids_html(grids: list[tuple[str, list[int], GridImage]]) -> str:
+    """Every group's state grid under a caption: ``(task name, counts, image)`` per group."""
+    return "".join(
+        f'<div style="margin-top:6px"><div><code>{esc(name)}</code> <span style="{_MUTED}">x{sum(counts):,}</span> '
+        f"&middot; {chips(counts)}</div>{grid_img(image, name)}</div>"
+        for name, counts, image in grids
+    )
+
+
+def run_html(
+    model: RunModel,
+    dag_svg: str | None = None,
+    grids: list[tuple[str, list[int], GridImage]] | None = None,
+    failures: int = 10,
+) -> str:
+    """A static picture of a flow run: header, progress, DAG, state grids, first failures.
+
+    ``dag_svg`` and ``grids`` (``(task name, counts, image)`` per group) are
+    computed here unless a caller that already has them passes them.
+    """
+    from nbflow.notebook.dag import Dag
+
+    if dag_svg is None:
+        dag_svg = Dag.from_model(model, complete=model.flow_run.state.is_final()).svg()
+    if grids is None:
+        grids = [(g.name, g.counts(), grid_png(g.codes)) for g in list(model.groups)]
+    parts = [f'<div class="nbflow-run" style="{FONT}">', header_html(model)]
+    if model.groups:
+        parts.append(f'<div style="overflow-x:auto">{dag_svg}</div>{grids_html(grids)}')
+    failed = [r for r in model.rows(failures) if state_code(r.states[-1]) in (FAILED, CRASHED)]
+    if failed:
+        parts.append("<div style=\"margin-top:6px\"><b>Failed task runs</b></div><ul style=\"margin:2px 0\">")
+        for run in failed:
+            exc = run_exception(run.states[-1])
+            why = _exception_line(exc) if exc is not None else (run.states[-1].message or "")
+            parts.append(f"<li><code>{volatile(run.name)}</code> {esc(why)}</li>")
+        parts.append("</ul>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def flow_run_html(flow_run: FlowRun) -> str:
+    """A flow run's static picture, from its records."""
+    return run_html(RunModel.of(flow_run))
+
+
+# -- the table of recent runs ------------------------------------------------------------------
+class RunsTable:
+    """Recent top-level flow runs (newest first): name, state, counts per state, duration."""
+
+    def __init__(self, limit: int = 20) -> None:
+        self.runs = [r for r in reversed(flow_runs()) if r.parent is None][:limit]
+
+    def _rows(self) -> list[tuple[FlowRun, list[int]]]:
+        rows = []
+        for run in self.runs:
+            counts = [0] * len(CATEGORIES)
+            for task_run in list(run.task_runs):
+                counts[state_code(task_run.states[-1])] += 1
+            rows.append((run, counts))
+        return rows
+
+    def _repr_html_(self) -> str:
+        if not self.runs:
+            return f'<div style="{FONT}">No flow runs yet.</div>'
+        head = "".join(
+            f'<th style="text-align:left;padding:2px 10px 2px 0">{h}</th>'
+            for h in ("flow", "run", "state", "task runs", "duration", "started")
+        )
+        body = []
+        for run, counts in self._rows():
+            start = run.start_time
+            started = time.strftime("%H:%M:%S", time.localtime(start)) if start else ""
+            cells = (
+                f"<code>{esc(run.flow_name)}</code>",
+                volatile(run.name),
+                state_badge(run.state),
+                chips(counts),
+                volatile(duration_text(run.duration)),
+                volatile(started),
+            )
+            body.append(
+                "<tr>" + "".join(f'<td style="text-align:left;padding:2px 10px 2px 0">{c}</td>' for c in cells) + "</tr>"
+            )
+        return f'<table class="nbflow-runs" style="{FONT};border-collapse:collapse"><tr>{head}</tr>{"".join(body)}</table>'
+
+    def __repr__(self) -> str:
+        if not self.runs:
+            return "No flow runs yet."
+        lines = []
+        for run, counts in self._rows():
+            summary = ", ".join(f"{k} {v}" for k, v in counts_dict(counts).items()) or "no task runs"
+            lines.append(
+                f"{run.flow_name:<20} {run.name:<16} {run.state.name:<10} {summary:<40} {duration_text(run.duration)}"
+            )
+        return "\n".join(lines)
+
+
+__all__ = [
+    "RunsTable",
+    "badge",
+    "chips",
+    "duration_text",
+    "esc",
+    "flow_run_html",
+    "future_html",
+    "future_list_html",
+    "grid_img",
+    "grids_html",
+    "header_html",
+    "run_html",
+    "run_text",
+    "state_html",
+    "task_run_html",
+    "value_html",
+]

@@ -1,0 +1,248 @@
+"""The notebook layer in a real IPython kernel (nbclient and jupyter_client; no browser).
+
+Checks what only a kernel shows: the display bundle a cell really gets, task
+output landing in the cell that started the flow, ``%%flow`` cells that keep
+serving widget messages (the Cancel button) and kernel interrupts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+jupyter_client = pytest.importorskip("jupyter_client")
+
+SETUP = """
+import asyncio, threading
+import nbflow
+from nbflow import flow, task
+
+@task
+def square(x):
+    if x == 3:
+        print("three!")
+    return x * x
+
+@task(name="<script>alert(1)</script>")
+def fails(x):
+    raise ValueError("bad")
+
+stop = threading.Event()
+
+@task
+def work():
+    print("started", flush=True)
+    while not stop.wait(0.005):
+        pass
+"""
+
+
+def _text(outputs: list, kind: str = "stdout") -> str:
+    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream" and o.get("name") == kind)
+
+
+def _data(outputs: list) -> list[dict]:
+    return [o["data"] for o in outputs if o.get("output_type") in ("display_data", "execute_result")]
+
+
+def test_notebook_cells_show_views_results_and_errors():
+    cells = [
+        "%load_ext nbflow",
+        SETUP,
+        "@flow(name='plain')\ndef plain(n):\n    return sum(square.map(range(n)).result())\nplain(200)",
+        "%%flow etl --max-workers 4\nsquares = square.map(range(50))\ntotal = sum(f.result() for f in squares)\ntotal",
+        "print(total)",
+        "%%flow\nfails.submit(1).result()",
+        "@task\nasync def plus(x):\n    await asyncio.sleep(0.01)\n    return x + 1\n"
+        "@flow\nasync def async_flow():\n    return await plus(1)\n"
+        "@flow\ndef sync_flow():\n    return plus.submit(2).result()\n"
+        "(await async_flow(), sync_flow())",
+        "%nbflow runs",
+        "@task\ndef chatty(x):\n    nbflow.get_run_logger().info('logged %s', x)\n"
+        "@flow\ndef logging_flow():\n    chatty.submit(7).wait()\nlogging_flow()",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True).execute()
+    outs = [cell.outputs for cell in nb.cells]
+
+    assert "three!" in _text(outs[2])  # printed in a worker thread, shown in its own cell
+    plain_view, plain_result = _data(outs[2])
+    assert plain_view["text/plain"] == "<nbflow run 'plain': Completed, 200 task runs>"
+    assert "application/vnd.jupyter.widget-view+json" in plain_view
+    assert "<svg" in plain_view["text/html"] and "square x200" in plain_view["text/html"]
+    assert plain_result["text/plain"] == str(sum(x * x for x in range(200)))
+
+    etl_view, etl_result = _data(outs[3])
+    assert etl_view["text/plain"] == "<nbflow run 'etl': Completed, 50 task runs>"
+    assert etl_result["text/plain"] == "40425"
+    assert _text(outs[4]) == "40425\n"  # names the %%flow cell assigned stay
+
+    (error,) = [o for o in outs[5] if o["output_type"] == "error"]
+    assert error["ename"] == "ValueError"
+    (failed_view,) = _data(outs[5])
+    assert failed_view["text/plain"] == "<nbflow run 'cell': Failed, 1 task run>"
+    assert "<script>" not in failed_view["text/html"] and "&lt;script&gt;" in failed_view["text/html"]
+
+    assert _data(outs[6])[-1]["text/plain"] == "(2, 3)"  # async flows and tasks in the kernel's loop
+    assert "etl" in _data(outs[7])[0]["text/plain"]
+    assert "INFO    | nbflow.task_runs - logged 7" in _text(outs[8], "stderr")  # a task's log record, in its cell
+    assert not any(_text(o, "stderr") for o in outs[:8]), [_text(o, "stderr") for o in outs]
+
+
+def test_a_redefined_task_reruns_on_the_process_runner():
+    pytest.importorskip("nbflow.process_runner")
+    cells = [
+        "%load_ext nbflow",
+        "from nbflow import task\n@task\ndef bump(x):\n    print('in a worker process', x)\n    return x + 1",
+        "%%flow --runner process --max-workers 1\nbump.submit(1).result()",
+        "@task\ndef bump(x):\n    return x + 2",
+        "%%flow --runner process --max-workers 1\nbump.submit(1).result()",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    first, second = nb.cells[2].outputs, nb.cells[4].outputs
+    assert _text(first) == "in a worker process 1\n"  # a worker process's print, in its cell
+    assert _data(first)[-1]["text/plain"] == "2"
+    assert _data(second)[-1]["text/plain"] == "3"  # the new definition ran
+
+
+class Kernel:
+    """A kernel driven message by message, keeping every iopub message."""
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import start_new_kernel
+
+        self.km, self.kc = start_new_kernel(kernel_name="python3")
+        self.iopub: list[dict] = []
+
+    def start(self, code: str) -> str:
+        return self.kc.execute(code)
+
+    def read_until(self, predicate, timeout: float = 30) -> dict:
+        """Read iopub messages until one satisfies ``predicate``; return it."""
+        from queue import Empty
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except Empty:
+                seen = [(m["msg_type"], str(m["content"])[:80]) for m in self.iopub[-8:]]
+                raise AssertionError(f"no awaited message within {timeout} s; the last ones: {seen}") from None
+            self.iopub.append(msg)
+            if predicate(msg):
+                return msg
+
+    def finish(self, msg_id: str, timeout: float = 30) -> dict:
+        """Wait for the cell to go idle; its execute_reply content."""
+        self.read_until(
+            lambda m: m["parent_header"].get("msg_id") == msg_id
+            and m["msg_type"] == "status"
+            and m["content"]["execution_state"] == "idle",
+            timeout,
+        )
+        while True:
+            reply = self.kc.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"]
+
+    def run(self, code: str, timeout: float = 30) -> dict:
+        return self.finish(self.start(code), timeout)
+
+    def stdout(self, msg_id: str) -> str:
+        return "".join(
+            m["content"]["text"]
+            for m in self.iopub
+            if m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == msg_id
+        )
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = Kernel()
+    assert k.run("%load_ext nbflow")["status"] == "ok"
+    assert k.run(SETUP)["status"] == "ok"
+    yield k
+    k.close()
+
+
+def _is_stream(msg_id: str, text: str):
+    return lambda m: (
+        m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == msg_id and text in m["content"]["text"]
+    )
+
+
+def test_late_task_output_lands_in_the_cell_that_started_the_flow(kernel):
+    first = kernel.start(
+        "gate = threading.Event()\n"
+        "@task\ndef late():\n    gate.wait(20)\n    print('late print')\n"
+        "@flow\ndef background():\n    late.submit().wait()\n"
+        "runner = threading.Thread(target=background)\nrunner.start()"
+    )
+    assert kernel.finish(first)["status"] == "ok"
+    second = kernel.start("gate.set()\nrunner.join(20)\nprint('second cell')")
+    assert kernel.finish(second)["status"] == "ok"
+    assert "late print" in kernel.stdout(first)
+    assert kernel.stdout(second) == "second cell\n"
+
+
+def test_kernel_interrupt_cancels_the_flow_cell_and_returns_quickly(kernel):
+    kernel.run("stop.clear()")
+    cell = kernel.start("%%flow --max-workers 1\nsquare.submit(2).wait()\nwork.submit()\nsquare.map(range(5))")
+    kernel.read_until(_is_stream(cell, "started"))
+    begin = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply = kernel.finish(cell)
+    assert time.monotonic() - begin < 3
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    check = kernel.start("r = nbflow.runs.last_flow_run()\nprint(r.state.name, sorted(r.state_counts().items()))")
+    kernel.finish(check)
+    assert kernel.stdout(check) == "Cancelled [('Cancelled', 6), ('Completed', 1)]\n"
+
+
+def test_interrupting_a_plain_flow_call_cancels_it_too(kernel):
+    kernel.run("stop.clear()")
+    cell = kernel.start("@flow\ndef plain():\n    work.submit().wait()\nplain()")
+    kernel.read_until(_is_stream(cell, "started"))
+    begin = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply = kernel.finish(cell)
+    assert time.monotonic() - begin < 3
+    assert reply["ename"] == "KeyboardInterrupt"
+    check = kernel.start("print(nbflow.runs.last_flow_run().state.name)")
+    kernel.finish(check)
+    assert kernel.stdout(check) == "Cancelled\n"
+
+
+def test_cancel_button_works_while_a_flow_cell_runs(kernel):
+    kernel.run("stop.clear()")
+    cell = kernel.start("%%flow\nwork.submit().wait()")
+
+    def cancel_button(msg: dict) -> bool:
+        if msg["msg_type"] != "comm_open":
+            return False
+        state: Any = msg["content"]["data"].get("state", {})
+        return state.get("_view_name") == "ButtonView" and state.get("description") == "Cancel"
+
+    opened = kernel.read_until(cancel_button)  # the live view appears while the cell awaits
+    click = kernel.kc.session.msg(
+        "comm_msg",
+        {"comm_id": opened["content"]["comm_id"], "data": {"method": "custom", "content": {"event": "click"}}},
+    )
+    begin = time.monotonic()
+    kernel.kc.shell_channel.send(click)
+    reply = kernel.finish(cell)
+    assert time.monotonic() - begin < 3
+    assert reply["ename"] == "CancelledRun"
+    assert re.search("cancelled from its view", reply["evalue"])

@@ -1,0 +1,107 @@
+"""Rich reprs: everything shown is escaped, results summarised, text/plain stable."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from nbflow import flow, task
+from nbflow import states as S
+from nbflow.notebook import reprs
+from nbflow.runs import last_flow_run
+
+EVIL = "<script>alert(1)</script>"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+@task(name=EVIL)
+def evil(x: str) -> str:
+    print(f"printed {x}")
+    return x
+
+
+@task
+def fails(x: str) -> None:
+    raise ValueError(x)
+
+
+def _no_raw_script(html: str) -> None:
+    assert "<script" not in html.lower()
+    assert ESCAPED in html
+
+
+def test_futures_and_future_lists_escape_names_results_and_errors():
+    @flow(name=EVIL)
+    def evil_flow() -> tuple:
+        good, bad, many = evil.submit(EVIL), fails.submit(EVIL), evil.map([EVIL] * 5)
+        good.wait(), bad.wait(), many.wait()
+        many.append(bad)
+        return (reprs.future_html(good), reprs.future_html(bad), many._repr_html_(), good._repr_html_())
+
+    good, bad, many, hook = evil_flow()
+    for html in (good, bad, hook, many):
+        _no_raw_script(html)
+    assert "Completed" in good and "Failed" in bad and "ValueError" in bad
+    assert "6 futures" in many and "data:image/png;base64," in many
+    assert "Completed 5" in many and "first failure" in many
+
+
+def test_states_task_runs_and_flow_runs_escape_everything():
+    @flow(name=EVIL)
+    def evil_flow() -> None:
+        evil.submit(EVIL).wait()
+        fails.submit(EVIL).wait()
+
+    evil_flow()
+    flow_run = last_flow_run()
+    good, bad = flow_run.task_runs
+    for html in (good._repr_html_(), bad._repr_html_(), flow_run._repr_html_(), good.state._repr_html_(), bad.state._repr_html_()):
+        _no_raw_script(html)
+    good_html = good._repr_html_()
+    assert "printed " + ESCAPED in good_html  # captured output, escaped
+    assert "<b>Result</b>" in good_html and "<code>str</code>" in good_html
+    bad_html = bad._repr_html_()
+    assert "Traceback" in bad_html and "ValueError: " + ESCAPED in bad_html
+    flow_html = flow_run._repr_html_()
+    assert "<svg" in flow_html and "Failed task runs" in flow_html
+
+
+def test_large_results_are_summarised_not_shipped():
+    big = list(range(1_000_000))
+    html = S.Completed(data=big)._repr_html_()
+    assert "len 1,000,000" in html
+    assert len(html) < 2000
+
+
+def test_volatile_parts_are_marked_for_sanitizers():
+    @flow
+    def plain() -> str:
+        return evil.submit("x").result()
+
+    plain()
+    html = last_flow_run()._repr_html_()
+    masked = re.sub(r'<span class="nbflow-v">[^<]*</span>', "", html)
+    assert last_flow_run().name not in masked
+    assert not re.search(r"\d+\.\d\d s", masked)
+
+
+def test_runs_table_lists_recent_runs_escaped():
+    @flow(name=EVIL)
+    def evil_flow() -> None:
+        evil.submit("x").wait()
+
+    evil_flow()
+    table = reprs.RunsTable(5)
+    _no_raw_script(table._repr_html_())
+    assert EVIL in repr(table)  # text/plain is text
+    assert "Completed 1" in repr(table)
+
+
+def test_importing_the_notebook_layer_imports_no_widgets_or_ipython():
+    code = (
+        "import sys, nbflow.notebook, nbflow.notebook.reprs;"
+        "print('ipywidgets' in sys.modules, 'IPython' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -1,0 +1,438 @@
+"""Parity with Prefect 3 for tasks: decoration checks, options as attributes, methods,
+hooks, mapping over states / allow_failure, runtime parameters, cache-key context.
+
+References (PrefectHQ/prefect): tests/test_tasks.py (TestTaskCall, TestTaskRunName,
+TestTaskSubmit, TestTaskWithOptions, TestTaskMap, TestTaskHooks*, TestTaskCaching,
+TestNestedTasks), src/prefect/tasks.py, src/prefect/task_engine.py
+(``compute_transaction_key``, ``call_hooks``), src/prefect/utilities/callables.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from unittest.mock import MagicMock
+
+import pytest
+
+import nbflow.runtime
+from nbflow import Task, allow_failure, flow, task
+from nbflow.exceptions import ParameterBindError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@task
+def boom():
+    raise ValueError("Fail task!")
+
+
+@task
+def identity(x):
+    return x
+
+
+# -- decoration-time validation ------------------------------------------------------------
+def test_task_run_name_of_wrong_type_is_rejected_at_decoration():
+    class NotAName:
+        def format(self, *args, **kwargs):
+            pass
+
+    with pytest.raises(TypeError, match="Expected string or callable for 'task_run_name'"):
+
+        @task(task_run_name=NotAName())
+        def t():
+            pass
+
+
+def test_retry_condition_fn_must_be_callable():
+    with pytest.raises(TypeError):
+
+        @task(retry_condition_fn="not a callable")
+        def t():
+            pass
+
+
+def test_non_iterable_hook_message_matches_prefect():
+    def hook(*_):
+        pass
+
+    with pytest.raises(TypeError, match="Expected iterable for 'on_completion'; got function instead"):
+        task(on_completion=hook)(lambda: None)
+
+
+def test_non_callable_hook_message_matches_prefect():
+    with pytest.raises(TypeError, match="Expected callables in 'on_failure'; got str instead"):
+        task(on_failure=["test"])(lambda: None)
+
+
+def test_bind_error_for_missing_argument_uses_inspect_wording():
+    @task
+    def add(x, y):
+        return x + y
+
+    with pytest.raises(ParameterBindError, match="missing a required argument: 'y'"):
+        add(42)
+    with pytest.raises(ParameterBindError, match="multiple values for argument 'x'"):
+        add(42, x=42)
+
+
+# -- options are attributes, with_options copies them ----------------------------------------
+def test_version_is_an_attribute():
+    @task(version="test-dev")
+    def t():
+        pass
+
+    assert t.version == "test-dev"
+    assert task(lambda: None).version is None
+
+
+def test_result_options_are_attributes_and_with_options_overrides_them():
+    @task(persist_result=True, result_serializer="pickle", cache_result_in_memory=False,
+          result_storage_key="foo")
+    def t():
+        pass
+
+    assert t.persist_result is True
+    assert t.result_serializer == "pickle"
+    assert t.cache_result_in_memory is False
+    assert t.result_storage_key == "foo"
+    u = t.with_options(persist_result=False, result_serializer="json", cache_result_in_memory=True,
+                       result_storage_key=None)
+    assert u.persist_result is False
+    assert u.result_serializer == "json"
+    assert u.cache_result_in_memory is True
+    assert u.result_storage_key is None
+
+
+def test_with_options_overrides_every_engine_option():
+    def first_key(*_):
+        return "first"
+
+    def second_key(*_):
+        return "second"
+
+    @task(name="Initial", description="before", tags=["a"], cache_key_fn=first_key,
+          cache_expiration=datetime.timedelta(days=1), retries=2, retry_delay_seconds=5,
+          timeout_seconds=None, refresh_cache=False, log_prints=False)
+    def t():
+        pass
+
+    u = t.with_options(name="Copied", description="after", tags=["b", "c"], cache_key_fn=second_key,
+                       cache_expiration=datetime.timedelta(days=2), retries=0, retry_delay_seconds=0,
+                       timeout_seconds=42, refresh_cache=True, log_prints=True)
+    assert (u.name, u.description, set(u.tags)) == ("Copied", "after", {"b", "c"})
+    assert u.cache_key_fn is second_key and u.cache_expiration == datetime.timedelta(days=2)
+    assert (u.retries, u.retry_delay_seconds, u.timeout_seconds) == (0, 0, 42)
+    assert u.refresh_cache is True and u.log_prints is True
+    assert (t.name, t.retries, t.retry_delay_seconds) == ("Initial", 2, 5)
+
+
+def test_tags_are_a_mutable_set_copied_by_with_options():
+    # TestTaskWithOptions.test_tags_are_copied_from_original_task
+    @task(name="Initial", tags=["tag1", "tag2"])
+    def t():
+        pass
+
+    u = t.with_options(name="Other")
+    t.tags.add("tag3")
+    assert t.tags == {"tag1", "tag2", "tag3"}
+    assert u.tags == {"tag1", "tag2"}
+
+
+# -- tasks as methods --------------------------------------------------------------------------
+def test_instance_method_task_gets_the_instance_itself():
+    class Foo:
+        def __init__(self, x):
+            self.x = x
+
+        @task
+        def me(self):
+            return self
+
+    f = Foo(1)
+    assert f.me() is f
+    assert isinstance(Foo(2).me, Task)
+
+
+def test_classmethod_applied_on_top_of_task():
+    class Foo:
+        @classmethod
+        @task
+        def class_method(cls):
+            return cls.__name__
+
+    assert Foo.class_method() == "Foo"
+    assert isinstance(Foo.class_method, Task)
+
+
+def test_staticmethod_applied_on_top_of_task():
+    class Foo:
+        @staticmethod
+        @task
+        def static_method():
+            return "static"
+
+    assert Foo.static_method() == "static"
+    assert isinstance(Foo.static_method, Task)
+
+
+@pytest.mark.parametrize("kind", ["classmethod", "staticmethod"])
+def test_task_applied_on_top_of_classmethod_or_staticmethod_is_rejected(kind):
+    with pytest.raises(TypeError, match=f"@{kind} should be applied on top of @task"):
+        task({"classmethod": classmethod, "staticmethod": staticmethod}[kind](lambda: None))
+
+
+def test_bound_method_parameters_include_self():
+    # TestTaskCaching.test_cache_key_fn_receives_self_if_method: parameters == dict(self=f1, a=5)
+    seen = []
+
+    def key(context, parameters):
+        seen.append(dict(parameters))
+        return None
+
+    class Foo:
+        def __init__(self, x):
+            self.x = x
+
+        @task(cache_key_fn=key)
+        def add(self, a):
+            return a + self.x
+
+    f1 = Foo(1)
+    assert f1.add(5) == 6
+    assert seen == [dict(self=f1, a=5)]
+
+
+# -- callable objects ---------------------------------------------------------------------------
+def test_callable_object_task_in_a_flow():
+    class Greeter:
+        message = "hello"
+
+        def __call__(self, prefix: str, suffix: str):
+            return prefix + self.message + suffix
+
+    obj = Greeter()
+    t = Task(fn=obj, name="Task")
+
+    @flow
+    def f():
+        return t("a", suffix="b")
+
+    assert t.fn is obj
+    assert f() == "ahellob"
+
+
+def test_run_name_callable_is_called_once_across_retries():
+    # test_sets_run_name_once (a MagicMock as the task function)
+    namer = MagicMock(return_value="some-string")
+    fn = MagicMock(side_effect=RuntimeError("Oh-no!, anyway"))
+    t = task(task_run_name=namer, retries=3)(fn)
+
+    @flow
+    def f(name):
+        return t()
+
+    state = f(name="x", return_state=True)
+    assert state.is_failed()
+    assert fn.call_count == 4
+    assert namer.call_count == 1
+
+
+# -- hooks ---------------------------------------------------------------------------------------
+def test_async_hooks_are_awaited():
+    calls = []
+
+    async def async_hook(task, task_run, state):
+        calls.append(("async", state.name))
+
+    def sync_hook(task, task_run, state):
+        calls.append(("sync", state.name))
+
+    @task(on_completion=[async_hook, sync_hook], on_failure=[async_hook])
+    def t(fail):
+        if fail:
+            raise ValueError("x")
+
+    @flow
+    def f():
+        t(False)
+        t.submit(True).wait()
+
+    f()
+    assert calls == [("async", "Completed"), ("sync", "Completed"), ("async", "Failed")]
+
+
+def test_hook_task_run_exposes_flow_run_id_and_id():
+    seen = {}
+
+    def hook(task, task_run, state):
+        seen.update(flow_run_id=task_run.flow_run_id, id=task_run.id, name=task_run.name)
+
+    @task(on_completion=[hook])
+    def t():
+        return nbflow.runtime.flow_run.id
+
+    @flow
+    def f():
+        return t()
+
+    flow_run_id = f()
+    assert str(seen["flow_run_id"]) == flow_run_id
+
+
+# -- mapping -------------------------------------------------------------------------------------
+@task
+def pair(y, z):
+    return y, z
+
+
+def test_map_with_allow_failure_of_a_failed_static_future():
+    # TestTaskSubmit.test_allow_failure_mapped_with_noniterable_upstream
+    @flow
+    def f():
+        bad = boom.submit()
+        return pair.map([1, 2, 3], allow_failure(bad)).result()
+
+    results = f()
+    assert [y for y, _ in results] == [1, 2, 3]
+    assert all(isinstance(z, ValueError) and "Fail task!" in str(z) for _, z in results)
+
+
+def test_map_over_a_task_state_maps_over_its_result():
+    # TestTaskMap.test_map_can_take_state_as_input
+    @task
+    def numbers():
+        return [1, 2, 3]
+
+    @flow
+    def f():
+        return identity.map(numbers(return_state=True)).result()
+
+    assert f() == [1, 2, 3]
+
+
+def test_map_over_a_subflow_state_maps_over_its_result():
+    # TestTaskMap.test_map_can_take_flow_state_as_input
+    @flow
+    def child():
+        return [1, 2, 3]
+
+    @flow
+    def f():
+        return identity.map(child(return_state=True)).result()
+
+    assert f() == [1, 2, 3]
+
+
+def test_allow_failure_around_a_collection_with_a_failed_future():
+    @flow
+    def f():
+        bad = boom.submit()
+        return identity.submit(allow_failure([bad, 1, 2])).result()
+
+    result = f()
+    assert isinstance(result[0], ValueError)
+    assert result[1:] == [1, 2]
+
+
+def _run_guarded(fn, limit=5.0):
+    """Run ``fn`` in a daemon thread; fail (instead of hanging the suite) if it never returns."""
+    done = threading.Event()
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(limit), "flow run hung: a task run whose cache_key_fn raised never finished"
+    return outcome
+
+
+# -- runtime and cache-key context ------------------------------------------------------------------
+def test_runtime_parameters_inside_a_task_are_resolved_values():
+    @task
+    def reads_parameters(x):
+        return dict(nbflow.runtime.task_run.parameters)
+
+    @flow
+    def f():
+        return reads_parameters.submit(identity.submit(7)).result(), reads_parameters(identity.submit(8))
+
+    assert f() == ({"x": 7}, {"x": 8})
+
+
+def test_run_name_callable_reading_runtime_parameters_sees_resolved_values():
+    def namer():
+        return f"got-{nbflow.runtime.task_run.parameters['x']}"
+
+    @task(task_run_name=namer)
+    def t(x):
+        return nbflow.runtime.task_run.name
+
+    @flow
+    def f():
+        return t.submit(identity.submit(3)).result()
+
+    assert f() == "got-3"
+
+
+def test_cache_key_fn_context_exposes_the_task_runs_flow_run_id():
+    # TestTaskCaching.test_cache_key_fn_receives_context: context.task_run.flow_run_id
+    @task(cache_key_fn=lambda context, parameters: str(context.task_run.flow_run_id))
+    def t(x):
+        return x
+
+    @flow
+    def f():
+        return t("something", return_state=True), t("different", return_state=True)
+
+    outcome = _run_guarded(f)
+    assert "error" not in outcome, outcome
+    first, second = outcome["value"]
+    assert first.name == "Completed" and second.name == "Cached"
+    assert second.result() == "something"
+
+
+@pytest.mark.timeout(15)
+def test_cache_key_fn_that_raises_does_not_fail_or_hang_the_run(caplog):
+    # task_engine.compute_transaction_key: the error is logged ("Error encountered when
+    # computing cache key - result will not be persisted.") and the run goes on uncached.
+    def bad_key(context, parameters):
+        raise KeyError("nope")
+
+    @task(cache_key_fn=bad_key)
+    def t(x):
+        return x * 2
+
+    @flow
+    def f():
+        return t(2), t.submit(3).result()
+
+    assert _run_guarded(f) == {"value": (4, 6)}
+
+
+def test_nested_inline_task_inside_task_returning_state_name():
+    count = 0
+
+    @task(retries=1)
+    def inner():
+        nonlocal count
+        count += 1
+        raise Exception("oops")
+
+    @task(retries=1)
+    def outer():
+        inner()
+
+    @flow
+    def f():
+        return outer(return_state=True).name
+
+    assert f() == "Failed"
+    assert count == 4
