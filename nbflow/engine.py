@@ -179,7 +179,9 @@ def call_hooks(hooks: list | None, owner: Any, run: Any, state: State) -> None:
     """Call ``hook(owner, run, state)`` for each hook; a hook that raises is logged and ignored."""
     for hook in hooks or ():
         try:
-            hook(owner, run, state)
+            outcome = hook(owner, run, state)
+            if inspect.isawaitable(outcome):  # async hooks are awaited, as in Prefect
+                run_coroutine(outcome)
         except Exception:
             logger.exception(
                 "Hook %r of %r raised; the run's outcome is unchanged.",
@@ -229,7 +231,14 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Generator[Reques
         if task.cache_key_fn is not None:
             from nbflow import cache
 
-            cache_key, cached = cache.lookup(task, run, parameters)
+            try:
+                cache_key, cached = cache.lookup(task, run, parameters)
+            except Exception:
+                logger.exception(
+                    "Error encountered when computing cache key - result will not be persisted "
+                    "(task %r).", task.name
+                )
+                cache_key, cached = None, None
             if cached is not None:
                 return cached
         args, kwargs = task.call_arguments(parameters)

@@ -180,9 +180,11 @@ class Flow(Generic[P, R]):
         An async flow returns a coroutine to await.
         """
         parameters = self.validate(self.signature.bind(args, kwargs))
-        for future in wait_for or ():
-            future.wait()
         flow_run = FlowRun(self, parameters, current_flow_run(), tags_var.get())
+        blocked = _wait_for_upstream(wait_for)
+        if blocked is not None:  # a failed upstream: the subflow never runs, as a task would not
+            flow_run.set_state(blocked)
+            return blocked if return_state else blocked.result()
         if self.isasync:
             return self._call_async(flow_run, return_state)
         return _outcome(engine.drive(flow_lifecycle(self, flow_run)), return_state)
@@ -192,6 +194,22 @@ class Flow(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"
+
+
+def _wait_for_upstream(wait_for: Iterable[Any] | None) -> State | None:
+    """Wait for ``wait_for``; ``NotReady`` if an upstream without allow_failure did not complete."""
+    if not wait_for:
+        return None
+    from nbflow.engine import _upstream_message
+    from nbflow.resolve import collect
+
+    deps, _ = collect({}, list(wait_for))
+    for dep, allowed in deps:
+        dep._resolved = True
+        dep.wait()
+        if not allowed and not dep.states[-1].is_completed():
+            return S.NotReady(message=_upstream_message(dep, dep.states[-1]))
+    return None
 
 
 def _outcome(state: State, return_state: bool) -> Any:

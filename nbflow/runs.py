@@ -310,6 +310,11 @@ class TaskRun(Completion):
         self._name = value
 
     @property
+    def flow_run_id(self) -> uuid.UUID | None:
+        """The id of the flow run this run belongs to (None outside a flow)."""
+        return self.flow_run.id if self.flow_run is not None else None
+
+    @property
     def task_key(self) -> str:
         return self.task.task_key
 

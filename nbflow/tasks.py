@@ -254,8 +254,12 @@ class Task(Generic[P, R]):
         for dep, _ in run._dependencies or ():
             dep.wait()
         run.claim()
-        inputs = engine.resolve_inputs(run)
-        state = inputs if isinstance(inputs, State) else engine.execute(run, inputs)
+        try:
+            inputs = engine.resolve_inputs(run)
+            state = inputs if isinstance(inputs, State) else engine.execute(run, inputs)
+        except BaseException as exc:  # the run must end even if the engine raised
+            run.finish(engine.outcome_state(False, exc, f"Task run {run.name!r}", None, TimeoutError))
+            raise
         return _inline_outcome(run, state, return_state)
 
     async def _call_async(self, run: TaskRun, return_state: bool) -> Any:

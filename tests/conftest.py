@@ -7,6 +7,7 @@ found them.
 
 from __future__ import annotations
 
+from pathlib import Path
 import threading
 import time
 from typing import Callable
@@ -36,9 +37,9 @@ def nbflow_home(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _no_leftover_subscribers():
     """A test's event subscribers never outlive it."""
-    before = nbflow.runs._subscribers
+    before = nbflow.runs._subscribers, nbflow.runs._flow_subscribers
     yield
-    nbflow.runs._subscribers = before
+    nbflow.runs._subscribers, nbflow.runs._flow_subscribers = before
 
 
 class EventLog:
@@ -161,3 +162,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = SAFETY) -> bool:
 @pytest.fixture(name="wait_until")
 def _wait_until_fixture():
     return wait_until
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the Prefect-parity tests listed in tests/parity_gaps.txt as known gaps (xfail)."""
+    listed = Path(__file__).with_name("parity_gaps.txt").read_text().splitlines()
+    gaps = {line.strip() for line in listed if line.strip() and not line.startswith("#")}
+    for item in items:
+        if item.nodeid in gaps:
+            item.add_marker(pytest.mark.xfail(reason="known Prefect-parity gap", strict=False))

@@ -249,9 +249,9 @@ def run_lab_server(base: Path) -> Iterator[LabServer]:
         _stop_server(server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab_server() -> Iterator[LabServer]:
-    """One JupyterLab for the browser tests, in a temporary directory removed afterwards."""
+    """One JupyterLab per browser-test module (module scope: playwright's sync API keeps an event loop running in the main thread until it stops, which would break later tests)."""
     base = Path(tempfile.mkdtemp(prefix="nbflow-lab-"))
     try:
         with run_lab_server(base) as server:
@@ -263,7 +263,7 @@ def lab_server() -> Iterator[LabServer]:
 # --------------------------------------------------------------------------------------
 # Chromium
 # --------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """Headless Debian Chromium driven by playwright; closed at the end of the session."""
     from playwright.sync_api import sync_playwright
