@@ -7,12 +7,6 @@ slot to a new thread, so at most ``max_workers`` threads *execute* at once
 while a task that submits tasks and waits on them always makes progress, even
 with ``max_workers=1``. A worker that resumes takes its slot back (it waits
 for one to be free), and extra threads leave once the blocked ones resume.
-
-Threads are started by one shared starter thread, not by the submitter:
-``Thread.start`` waits for the new thread to run, which under load costs a
-GIL switch interval (milliseconds) per thread. A start that is no longer
-needed when the starter gets to it (the queue drained meanwhile) is dropped,
-so a burst of tiny tasks does not start a thread per task.
 """
 
 from __future__ import annotations
@@ -50,27 +44,26 @@ class WorkerPool:
         return self._max
 
     def submit(self, item: Any) -> None:
-        """Queue ``item``; have a thread started if no idle one can take it."""
-        if self._closed:
-            raise RuntimeError(f"{self._name} is shut down; it takes no new work")
-        # Queue first: the starter drops a start only when it sees the queue empty.
-        self._queue.put(item)
+        """Queue ``item``; start a thread if no idle one can take it."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name} is shut down; it takes no new work")
             if self._idle:
                 self._idle -= 1
-                return
-            if self._threads >= self._max + self._blocked:
-                return
-            self._threads += 1  # reserved; the starter starts it or gives it back
-        _request_start(self)
+                spawn = False
+            else:
+                spawn = self._threads < self._max + self._blocked
+                if spawn:
+                    self._threads += 1
+        self._queue.put(item)
+        if spawn:
+            self._spawn()
 
-    def _start_reserved(self) -> None:
-        """Called by the starter thread: start the reserved thread if work still waits."""
-        with self._lock:
-            if self._queue.empty():
-                self._threads -= 1
-                return
-        threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+    def _spawn(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self._name}-{self._threads}", daemon=True
+        )
+        thread.start()
 
     def _work(self) -> None:
         _worker.pool = self
@@ -119,7 +112,7 @@ class WorkerPool:
             if spawn:
                 self._threads += 1
         if spawn:
-            _request_start(self)
+            self._spawn()
 
     def unblocking(self) -> None:
         """The calling worker resumes: it waits for a free slot first."""
@@ -136,24 +129,3 @@ class WorkerPool:
             threads = self._threads
         for _ in range(threads):
             self._queue.put(_STOP)
-
-
-# -- the starter thread ----------------------------------------------------------------
-_start_requests: queue.SimpleQueue = queue.SimpleQueue()
-_starter: threading.Thread | None = None
-_starter_lock = threading.Lock()
-
-
-def _request_start(pool: WorkerPool) -> None:
-    global _starter
-    _start_requests.put(pool)
-    if _starter is None:
-        with _starter_lock:
-            if _starter is None:
-                _starter = threading.Thread(target=_start_threads, name="nbflow-starter", daemon=True)
-                _starter.start()
-
-
-def _start_threads() -> None:
-    while True:
-        _start_requests.get()._start_reserved()
