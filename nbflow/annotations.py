@@ -62,6 +62,9 @@ class quote(BaseAnnotation[T]):
 
     __slots__ = ()
 
+    def unquote(self) -> T:
+        return self.value
+
 
 class opaque(BaseAnnotation[T]):
     """Resolve a top-level future but do not look inside its value (cheap for big results)."""

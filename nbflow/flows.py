@@ -19,7 +19,12 @@ from typing import Any, Callable, Generator, Generic, Iterable, ParamSpec, TypeV
 from nbflow import engine
 from nbflow import states as S
 from nbflow.context import current_flow_run, flow_run_var, tags_var, task_run_var
-from nbflow.exceptions import FlowRunTimeoutError, ParameterTypeError, UnfinishedTaskRunsWarning
+from nbflow.exceptions import (
+    FlowRunTimeoutError,
+    ParameterTypeError,
+    ReservedArgumentError,
+    UnfinishedTaskRunsWarning,
+)
 from nbflow.futures import PrefectFuture
 from nbflow.resolve import find
 from nbflow.runs import FlowRun, iter_task_runs
@@ -90,6 +95,12 @@ class Flow(Generic[P, R]):
         self.log_prints = log_prints
         self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = CallSignature(fn, f"flow {self.name!r}")
+        for reserved in ("wait_for", "return_state"):
+            if reserved in self.signature.names:
+                raise ReservedArgumentError(
+                    f"{reserved!r} is a reserved argument name and cannot be used in flow "
+                    f"functions (flow {self.name!r}); rename the parameter."
+                )
         self.on_completion_hooks = _hook_list(on_completion, "on_completion")
         self.on_failure_hooks = _hook_list(on_failure, "on_failure")
         self.on_cancellation_hooks = _hook_list(on_cancellation, "on_cancellation")
@@ -99,6 +110,22 @@ class Flow(Generic[P, R]):
         self._adapters: dict[str, Any] | None = None
 
     retry_condition_fn = None
+
+    def _hook_decorator(kind: str) -> Callable:  # type: ignore[misc]
+        def add(self: "Flow", fn: Callable) -> Callable:
+            getattr(self, f"on_{kind}_hooks").append(fn)
+            return fn
+
+        add.__name__ = f"on_{kind}"
+        add.__doc__ = f"Decorator adding an on_{kind} hook ``fn(flow, flow_run, state)``."
+        return add
+
+    on_completion = _hook_decorator("completion")
+    on_failure = _hook_decorator("failure")
+    on_cancellation = _hook_decorator("cancellation")
+    on_crashed = _hook_decorator("crashed")
+    on_running = _hook_decorator("running")
+    del _hook_decorator
 
     def with_options(self, **options: Any) -> "Flow[P, R]":
         """A new flow with some options changed; the original is unchanged."""

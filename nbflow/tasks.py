@@ -43,13 +43,16 @@ def _hook_list(value: Any, option: str) -> list[Callable]:
         return []
     if callable(value) or not isinstance(value, Iterable):
         raise TypeError(
-            f"Expected a list of hooks for {option!r}, got {type(value).__name__}. "
-            f"Pass a list: {option}=[hook1, hook2]."
+            f"Expected iterable for {option!r}; got {type(value).__name__} instead. "
+            f"Please provide a list of hooks to {option!r}: {option}=[hook1, hook2]."
         )
     hooks = list(value)
     for hook in hooks:
         if not callable(hook):
-            raise TypeError(f"Every hook in {option!r} must be callable; got {hook!r}.")
+            raise TypeError(
+                f"Expected callables in {option!r}; got {type(hook).__name__} instead. "
+                f"Please provide a list of hooks to {option!r}: {option}=[hook1, hook2]."
+            )
     return hooks
 
 
