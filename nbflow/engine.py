@@ -221,6 +221,7 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Generator[Reques
     """The life of one task run from Running to its final state (cache, retries, hooks)."""
     task = run.task
     token = task_run_var.set(run)
+    run._inputs = parameters  # what nbflow.runtime.task_run.parameters shows
     try:
         if task.task_run_name is not None:
             try:
@@ -269,6 +270,7 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Generator[Reques
             call_hooks(task.on_failure_hooks, task, run, state)
         return state
     finally:
+        run._inputs = None
         task_run_var.reset(token)
 
 

@@ -252,6 +252,7 @@ class TaskRun(Completion):
         "_resolved",
         "_thread_id",
         "_context",
+        "_inputs",
         "__weakref__",
     )
 
@@ -285,6 +286,7 @@ class TaskRun(Completion):
         # Context variables as they were at submit time, entered where the run
         # executes (as Prefect does): user ContextVars and tags reach the task.
         self._context: contextvars.Context | None = None
+        self._inputs: dict[str, Any] | None = None  # resolved arguments while it executes
         if flow_run is not None:
             flow_run.task_runs.append(self)
         if _subscribers:
