@@ -226,6 +226,16 @@ class Completion:
         return finished or self._done
 
 
+def _start_time(states: list[State]) -> float | None:
+    """When a run first entered Running (None if it never ran)."""
+    return next((s._ts for s in states if s.type is StateType.RUNNING), None)
+
+
+def _duration(start: float | None, end: float | None) -> float | None:
+    """Seconds from ``start`` to ``end`` (or to now while still running)."""
+    return None if start is None else (end or time.time()) - start
+
+
 class TaskRun(Completion):
     """The record of one run of a task.
 
@@ -331,10 +341,7 @@ class TaskRun(Completion):
 
     @property
     def start_time(self) -> float | None:
-        for s in self.states:
-            if s.type is StateType.RUNNING:
-                return s._ts
-        return None
+        return _start_time(self.states)
 
     @property
     def end_time(self) -> float | None:
@@ -342,10 +349,7 @@ class TaskRun(Completion):
 
     @property
     def duration(self) -> float | None:
-        start = self.start_time
-        if start is None:
-            return None
-        return (self.end_time or time.time()) - start
+        return _duration(self.start_time, self.end_time)
 
     # -- transitions -----------------------------------------------------------
     def set_state(self, state: State) -> None:
@@ -472,10 +476,7 @@ class FlowRun:
 
     @property
     def start_time(self) -> float | None:
-        for s in self.states:
-            if s.type is StateType.RUNNING:
-                return s._ts
-        return None
+        return _start_time(self.states)
 
     @property
     def end_time(self) -> float | None:
@@ -483,8 +484,7 @@ class FlowRun:
 
     @property
     def duration(self) -> float | None:
-        start = self.start_time
-        return None if start is None else (self.end_time or time.time()) - start
+        return _duration(self.start_time, self.end_time)
 
     def set_state(self, state: State) -> None:
         self.states.append(state)
