@@ -15,6 +15,7 @@ In a notebook, ``%load_ext nbflow`` adds the ``%%flow`` cell magic and the live 
 
 from typing import Any
 
+from nbflow import runs  # noqa: F401  (nbflow.runs: the records of recent runs)
 from nbflow.annotations import allow_failure, opaque, quote, unmapped
 from nbflow.context import tags
 from nbflow.flows import Flow, flow

@@ -11,24 +11,35 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
-class BaseAnnotation(Generic[T]):
-    """A wrapper around one value; ``unwrap()`` gives the value back."""
+class BaseAnnotation(tuple, Generic[T]):
+    """A wrapper around one value; ``unwrap()`` gives the value back.
 
-    __slots__ = ("value",)
+    As in Prefect it is a one-element ``tuple`` (``(value,) = annotation``
+    unpacks it), equal only to an annotation of the same type.
+    """
 
-    def __init__(self, value: T) -> None:
-        self.value = value
+    __slots__ = ()
+
+    def __new__(cls, value: T) -> "BaseAnnotation[T]":
+        return tuple.__new__(cls, (value,))
+
+    @property
+    def value(self) -> T:
+        return tuple.__getitem__(self, 0)
 
     def unwrap(self) -> T:
-        return self.value
+        return tuple.__getitem__(self, 0)
 
     def rewrap(self, value: Any) -> "BaseAnnotation[Any]":
         return type(self)(value)
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.value == other.value  # type: ignore[attr-defined]
+        return type(self) is type(other) and tuple.__eq__(self, other)
 
-    def __hash__(self) -> int:
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:  # by identity of the value, so unhashable values can be wrapped
         return hash((type(self), id(self.value)))
 
     def __repr__(self) -> str:
@@ -43,8 +54,8 @@ class unmapped(BaseAnnotation[T]):
 
     __slots__ = ()
 
-    def __getitem__(self, _: Any) -> T:
-        return self.value
+    def __getitem__(self, _: Any) -> T:  # an infinite array of the one value
+        return tuple.__getitem__(self, 0)
 
 
 class allow_failure(BaseAnnotation[T]):

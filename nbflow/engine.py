@@ -1,14 +1,16 @@
-"""Running one task run (and one flow-run attempt loop): the engine every runner shares.
+"""Running task runs and flow runs: the lifecycles every runner shares, and the one guarded path.
 
 A run's life is written once, as a generator (:func:`task_lifecycle`,
 ``flows.flow_lifecycle``) that yields what it needs done: call the user's
-function with a timeout, or sleep before a retry. Two small drivers carry
-those requests out: :func:`drive` in a thread and :func:`drive_async` on an
-event loop, so sync and async tasks and flows share one lifecycle.
+function with a timeout, sleep before a retry, call hooks, wait for runs.
+Two small drivers carry those requests out: :func:`drive` in a thread and
+:func:`drive_async` on an event loop, so sync and async tasks and flows share
+one lifecycle, and waiting on an event loop never blocks it.
 
-Thread runners call :func:`run_task` in a worker; process and cluster
-runners resolve inputs on the driver (:func:`resolve_inputs`) and call
-:func:`execute` where the work runs.
+:func:`run_here` (and its async twin :func:`run_here_async`) is the one way a
+task run executes: claim it, resolve its inputs, drive its lifecycle, and end
+it in a final state whatever raises. Inline calls, thread workers and the
+workers of the process, Dask and Ray runners all use it.
 """
 
 from __future__ import annotations
@@ -19,24 +21,28 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Iterator
 
 from nbflow import states as S
+from nbflow.completion import wait_all_async
 from nbflow.context import task_run_var
 from nbflow.exceptions import TaskRunTimeoutError
+from nbflow.records import NOTHING, TaskRun
 from nbflow.resolve import resolve
-from nbflow.runs import TaskRun
 from nbflow.states import State, StateType
 from nbflow.timeouts import DeadlineExceeded, deadline
 
 logger = logging.getLogger("nbflow.engine")
 
-CALL = "call"
-SLEEP = "sleep"
+# What a lifecycle yields, and what the drivers send back:
+CALL = "call"  # (CALL, fn, args, kwargs, timeout, run) -> (ok, value)
+SLEEP = "sleep"  # (SLEEP, seconds) -> None
+HOOKS = "hooks"  # (HOOKS, hooks, owner, run, state) -> None
+WAIT = "wait"  # (WAIT, completions) -> None
 
-# What a lifecycle yields: (CALL, fn, args, kwargs, timeout, run) or (SLEEP, seconds).
 Request = tuple
 Outcome = tuple  # (True, value) or (False, exception)
+Lifecycle = Generator[Request, Any, State]
 
 
 class CancelSignal(BaseException):
@@ -44,52 +50,94 @@ class CancelSignal(BaseException):
 
 
 # -- drivers ---------------------------------------------------------------------
-def drive(lifecycle: Generator[Request, Outcome, State]) -> State:
-    """Carry out a lifecycle's requests in this thread; return its final state."""
+def drive(lifecycle: Lifecycle) -> State:
+    """Carry out a lifecycle's requests in this thread; return its final state.
+
+    An exception raised while carrying out a request (a Ctrl-C during a
+    wait, say) is thrown into the lifecycle where it yielded the request.
+    """
     try:
         request = next(lifecycle)
         while True:
-            if request[0] is CALL:
-                request = lifecycle.send(_call_sync(request))
+            try:
+                reply = _carry_out(request)
+            except BaseException as exc:
+                request = lifecycle.throw(exc)
             else:
-                time.sleep(request[1])
-                request = next(lifecycle)
+                request = lifecycle.send(reply)
     except StopIteration as stop:
         return stop.value
 
 
-async def drive_async(lifecycle: Generator[Request, Outcome, State]) -> State:
-    """Carry out a lifecycle's requests on the running event loop."""
+def _carry_out(request: Request) -> Any:
+    kind = request[0]
+    if kind is CALL:
+        return _call_sync(request)
+    if kind is SLEEP:
+        time.sleep(request[1])
+    elif kind is HOOKS:
+        for hook, awaitable in _call_hooks(*request[1:]):
+            try:
+                run_coroutine(awaitable)
+            except Exception:
+                _hook_failed(hook, request[2])
+    else:
+        for completion in request[1]:
+            completion.wait()
+    return None
+
+
+async def drive_async(lifecycle: Lifecycle) -> State:
+    """Carry out a lifecycle's requests on the running event loop, never blocking it."""
     try:
         request = next(lifecycle)
         while True:
-            if request[0] is CALL:
-                request = lifecycle.send(await _call_async(request))
+            try:
+                reply = await _carry_out_async(request)
+            except BaseException as exc:
+                request = lifecycle.throw(exc)
             else:
-                await asyncio.sleep(request[1])
-                request = next(lifecycle)
+                request = lifecycle.send(reply)
     except StopIteration as stop:
         return stop.value
+
+
+async def _carry_out_async(request: Request) -> Any:
+    kind = request[0]
+    if kind is CALL:
+        return await _call_async(request)
+    if kind is SLEEP:
+        await asyncio.sleep(request[1])
+    elif kind is HOOKS:
+        for hook, awaitable in _call_hooks(*request[1:]):
+            try:
+                await awaitable
+            except Exception:
+                _hook_failed(hook, request[2])
+    else:
+        await wait_all_async(request[1])
+    return None
 
 
 def _call_sync(request: Request) -> Outcome:
     _, fn, args, kwargs, timeout, run = request
-    if run is not None:
-        run._thread_id = threading.get_ident()
     try:
-        if timeout is None:
-            value = fn(*args, **kwargs)
-        else:
-            with deadline(timeout):  # an async fn only builds its coroutine here
+        if run is not None:
+            run.attach_thread()
+        try:
+            if timeout is None:
                 value = fn(*args, **kwargs)
+            else:
+                with deadline(timeout):  # an async fn only builds its coroutine here
+                    value = fn(*args, **kwargs)
+        finally:
+            if run is not None:
+                run.detach_thread()
         if inspect.isawaitable(value):
             value = run_coroutine(_with_timeout(value, timeout))
         return True, value
     except BaseException as exc:  # handed to the lifecycle, which decides
         return False, exc
-    finally:
-        if run is not None:
-            run._thread_id = None
 
 
 async def _call_async(request: Request) -> Outcome:
@@ -157,10 +205,8 @@ def _private_loop() -> asyncio.AbstractEventLoop:
 # -- outcomes, hooks, retries ---------------------------------------------------------
 def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeout_error: type) -> State:
     """The state a call's outcome puts a run in (``what`` names the run in messages)."""
-    if ok:
-        if isinstance(value, State):
-            return value
-        return S.Completed(data=value)
+    if ok:  # returned states decide the outcome, as in Prefect (see states.return_value_to_state)
+        return S.return_value_to_state(value)
     if isinstance(value, DeadlineExceeded):
         exc = timeout_error(f"{what} exceeded its timeout of {timeout} seconds.")
         return S.TimedOut(message=str(exc), data=exc)
@@ -175,19 +221,27 @@ def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeou
     return S.Crashed(message=f"{what} crashed with {type(value).__name__}: {value}", data=value)
 
 
-def call_hooks(hooks: list | None, owner: Any, run: Any, state: State) -> None:
-    """Call ``hook(owner, run, state)`` for each hook; a hook that raises is logged and ignored."""
+def _call_hooks(hooks: list | None, owner: Any, run: Any, state: State) -> Iterator[tuple[Callable, Any]]:
+    """Call ``hook(owner, run, state)`` for each hook; yield ``(hook, awaitable)`` for async hooks to await.
+
+    A hook that raises is logged and ignored: the run's outcome is unchanged.
+    """
     for hook in hooks or ():
         try:
             outcome = hook(owner, run, state)
-            if inspect.isawaitable(outcome):  # async hooks are awaited, as in Prefect
-                run_coroutine(outcome)
         except Exception:
-            logger.exception(
-                "Hook %r of %r raised; the run's outcome is unchanged.",
-                getattr(hook, "__name__", hook),
-                getattr(owner, "name", owner),
-            )
+            _hook_failed(hook, owner)
+            continue
+        if inspect.isawaitable(outcome):  # async hooks are awaited, as in Prefect
+            yield hook, outcome
+
+
+def _hook_failed(hook: Callable, owner: Any) -> None:
+    logger.exception(
+        "Hook %r of %r raised; the run's outcome is unchanged.",
+        getattr(hook, "__name__", hook),
+        getattr(owner, "name", owner),
+    )
 
 
 def retry_delay(delays: Any, retries: int, attempt: int, jitter: float | None) -> float:
@@ -204,6 +258,7 @@ def retry_delay(delays: Any, retries: int, attempt: int, jitter: float | None) -
 
 
 def should_retry(owner: Any, run: Any, state: State) -> bool:
+    """True if ``state`` is a failure that ``owner``'s retries (and its retry condition) allow retrying."""
     if not state.is_failed() or run.run_count > owner.retries:
         return False
     condition = getattr(owner, "retry_condition_fn", None)
@@ -216,12 +271,29 @@ def should_retry(owner: Any, run: Any, state: State) -> bool:
         return False
 
 
+def final_hooks(owner: Any, state: State) -> list | None:
+    """The hooks ``owner`` (a task or a flow) calls when a run of it ends in ``state``.
+
+    Tasks have no crash or cancellation hooks: a crashed task run calls its failure hooks.
+    """
+    kind = state.type
+    if kind is StateType.COMPLETED:
+        return owner.on_completion_hooks
+    if kind is StateType.FAILED:
+        return owner.on_failure_hooks
+    if kind is StateType.CRASHED:
+        return getattr(owner, "on_crashed_hooks", owner.on_failure_hooks)
+    if kind is StateType.CANCELLED:
+        return getattr(owner, "on_cancellation_hooks", None)
+    return None
+
+
 # -- the task lifecycle -----------------------------------------------------------------
-def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Generator[Request, Outcome, State]:
+def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
     """The life of one task run from Running to its final state (cache, retries, hooks)."""
     task = run.task
     token = task_run_var.set(run)
-    run._inputs = parameters  # what nbflow.runtime.task_run.parameters shows
+    run.set_inputs(parameters)  # what nbflow.runtime.task_run.parameters shows
     try:
         if task.task_run_name is not None:
             try:
@@ -241,16 +313,20 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Generator[Reques
                 )
                 cache_key, cached = None, None
             if cached is not None:
+                yield (HOOKS, task.on_completion_hooks, task, run, cached)
                 return cached
         args, kwargs = task.call_arguments(parameters)
         what = f"Task run {run.name!r}"
         while True:
-            run.run_count += 1
-            run.set_state(S.Running() if run.run_count == 1 else S.Retrying())
+            attempt = run.start_attempt()
             if task.on_running_hooks:
-                call_hooks(task.on_running_hooks, task, run, run.states[-1])
+                yield (HOOKS, task.on_running_hooks, task, run, attempt)
             ok, value = yield (CALL, task.fn, args, kwargs, task.timeout_seconds, run)
             state = outcome_state(ok, value, what, task.timeout_seconds, TaskRunTimeoutError)
+            if ok and (isinstance(value, State) or S.is_state_iterable(value)):
+                run.note_returned(value)  # an inline call returns it as it is
+            elif run.returned is not NOTHING:
+                run.note_returned(NOTHING)
             if should_retry(task, run, state):
                 delay = retry_delay(
                     task.retry_delay_seconds, task.retries, run.run_count, task.retry_jitter_factor
@@ -264,83 +340,126 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Generator[Reques
             from nbflow import cache
 
             cache.store(task, cache_key, state.data)
-        if state.is_completed():
-            call_hooks(task.on_completion_hooks, task, run, state)
-        elif state.is_failed() or state.is_crashed():
-            call_hooks(task.on_failure_hooks, task, run, state)
+        hooks = final_hooks(task, state)
+        if hooks:
+            yield (HOOKS, hooks, task, run, state)
         return state
     finally:
-        run._inputs = None
+        run.set_inputs(None)
         task_run_var.reset(token)
 
 
-# -- entry points for runners ---------------------------------------------------------------
+# -- the one guarded path -------------------------------------------------------------------
 def resolve_inputs(run: TaskRun) -> dict[str, Any] | State:
-    """The run's arguments with futures replaced by results, or ``NotReady`` if an upstream failed."""
-    deps = run._dependencies
+    """The run's arguments with futures replaced by results, or ``NotReady`` if an upstream did not complete.
+
+    Waits for upstream runs that have not ended (none have, for a run a runner
+    dispatched). As in Prefect, an upstream admits the run if it completed, or,
+    under ``allow_failure``, if it failed or never ran (NotReady); a crashed or
+    cancelled upstream blocks it either way.
+    """
+    deps = run.dependencies
     if deps is None:
         return run.parameters
     for dep, allowed in deps:
-        state = dep.states[-1]
-        if not allowed and state.type is not StateType.COMPLETED:
-            return S.NotReady(message=_upstream_message(dep, state))
+        if isinstance(dep, State):
+            state = dep
+        else:
+            if not dep.done:
+                dep.wait()
+            state = dep.states[-1]
+        if not admits(state, allowed):
+            return S.NotReady(message=upstream_message(dep, state))
     return resolve(run.parameters, run)
 
 
-def _upstream_message(dep: TaskRun, state: State) -> str:
+def admits(state: State, failure_allowed: bool) -> bool:
+    """Whether an upstream in ``state`` lets a downstream run start."""
+    kind = state.type
+    if kind is StateType.COMPLETED:
+        return True
+    return failure_allowed and (
+        kind is StateType.FAILED or (kind is StateType.PENDING and state.name == "NotReady")
+    )
+
+
+def upstream_message(dep: TaskRun | State, state: State) -> str:
+    """Why a run waiting on ``dep`` (a task run now in ``state``, or a State) cannot start."""
+    if not isinstance(dep, TaskRun):
+        return f"Upstream state {state} did not complete."
+    what = f"Upstream task run {dep.name!r}"
     if state.type is StateType.PENDING and state.name == "NotReady":
-        return f"Upstream task run {dep.name!r} did not run: {state.message}"
+        return f"{what} did not run: {state.message}"
     error = f": {state.data!r}" if isinstance(state.data, BaseException) else ""
-    return f"Upstream task run {dep.name!r} is {state.name}{error}."
+    return f"{what} is {state.name}{error}."
 
 
-def execute(run: TaskRun, parameters: dict[str, Any]) -> State:
-    """Run a task run's lifecycle here (thread, process or cluster worker); return its final state.
+def run_here(run: TaskRun) -> State:
+    """Execute ``run`` in this thread and end it in a final state, whatever raises; return that state.
 
-    A run interrupted by KeyboardInterrupt ends Crashed with the interrupt as
-    its data; callers in the main thread re-raise it after finishing the run.
+    Claims the run first (a run already claimed or cancelled is left alone and
+    its current state returned), enters the context it was submitted in,
+    waits for and resolves its inputs, then drives its lifecycle. An interrupt
+    (KeyboardInterrupt, SystemExit) ends the run Crashed with the interrupt as
+    its data; callers in the main thread re-raise it after the run has ended.
     """
-    return drive(task_lifecycle(run, parameters))
-
-
-def run_task(run: TaskRun) -> None:
-    """Claim, resolve and execute ``run`` in this thread (in its submit-time context), then finish it."""
     if not run.claim():
-        return
-    context, run._context = run._context, None
+        return run.state
+    context = run.take_context()
     if context is None:
-        _run_claimed(run)
-    else:
-        context.run(_run_claimed, run)
+        return _run_claimed(run)
+    return context.run(_run_claimed, run)
 
 
-def _run_claimed(run: TaskRun) -> None:
+def _run_claimed(run: TaskRun) -> State:
     try:
-        parameters = resolve_inputs(run)
-        if isinstance(parameters, State):
-            run.finish(parameters)
-            return
-        state = execute(run, parameters)
-    except BaseException as exc:  # an engine bug or an interrupt must still end the run
-        state = outcome_state(False, exc, f"Task run {run.name!r}", None, TaskRunTimeoutError)
-        if state.type is StateType.FAILED:
-            state = S.Crashed(message=state.message, data=exc)
-        run.finish(state)
-        if not isinstance(exc, Exception):
-            raise
-        return
+        inputs = resolve_inputs(run)
+        state = inputs if isinstance(inputs, State) else drive(task_lifecycle(run, inputs))
+    except BaseException as exc:  # an engine bug, bad inputs or an interrupt must still end the run
+        state = _guard_state(run, exc)
     run.finish(state)
+    return run.state
+
+
+async def run_here_async(run: TaskRun) -> State:
+    """:func:`run_here` on the running event loop: waiting for upstream runs awaits, never blocks."""
+    if not run.claim():
+        return run.state
+    try:
+        await wait_all_async(run.pending_upstream())
+        inputs = resolve_inputs(run)
+        state = inputs if isinstance(inputs, State) else await drive_async(task_lifecycle(run, inputs))
+    except BaseException as exc:
+        state = _guard_state(run, exc)
+    run.finish(state)
+    return run.state
+
+
+def _guard_state(run: TaskRun, exc: BaseException) -> State:
+    """The state a run ends in when the engine itself raised ``exc`` around the user's code."""
+    what = f"Task run {run.name!r}"
+    if isinstance(exc, Exception):  # e.g. an argument that fails to resolve (a raising __post_init__)
+        return S.Failed(message=f"{what} could not start: {type(exc).__name__}: {exc}", data=exc)
+    return outcome_state(False, exc, what, None, TaskRunTimeoutError)
 
 
 __all__ = [
+    "CancelSignal",
     "drive",
     "drive_async",
     "task_lifecycle",
     "resolve_inputs",
-    "execute",
-    "run_task",
+    "admits",
+    "upstream_message",
+    "run_here",
+    "run_here_async",
     "run_coroutine",
-    "call_hooks",
     "outcome_state",
-    "CancelSignal",
+    "retry_delay",
+    "should_retry",
+    "final_hooks",
+    "WAIT",
+    "HOOKS",
+    "CALL",
+    "SLEEP",
 ]

@@ -51,10 +51,6 @@ class ParameterTypeError(PrefectException, TypeError):
     """A flow parameter failed validation against its type hint."""
 
 
-class SignatureMismatchError(PrefectException, TypeError):
-    """Parameters given to a runner do not fit the task's signature."""
-
-
 class MissingContextError(PrefectException, RuntimeError):
     """Something that needs a running flow or task was used outside one."""
 
@@ -67,17 +63,12 @@ class FlowRunTimeoutError(PrefectException, TimeoutError):
     """A flow run ran longer than its ``timeout_seconds``."""
 
 
-class UpstreamTaskError(PrefectException):
-    """A task run could not start because an upstream run did not complete."""
-
-
 class SerializationError(PrefectException, TypeError):
     """An argument or result could not be pickled for a process or cluster runner."""
 
 
 class MissingDependencyError(PrefectException, ImportError):
     """An optional dependency (an extra) is needed but not installed."""
-
 
 
 class TaskRunNameError(PrefectException, KeyError):

@@ -10,6 +10,7 @@ running, keeps what completed, and is re-raised.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import typing
@@ -22,138 +23,71 @@ from nbflow.context import current_flow_run, flow_run_var, tags_var, task_run_va
 from nbflow.exceptions import (
     FlowRunTimeoutError,
     ParameterTypeError,
-    ReservedArgumentError,
     UnfinishedTaskRunsWarning,
 )
 from nbflow.futures import PrefectFuture
+from nbflow.options import (
+    FLOW_OPTIONS,
+    MethodDescriptor,
+    check_reserved,
+    hook_decorator,
+    unwrap_method,
+)
 from nbflow.resolve import find
-from nbflow.runs import FlowRun, iter_task_runs
+from nbflow.records import FlowRun, TaskRun
 from nbflow.signature import CallSignature, render_run_name
-from nbflow.states import State, StateType
-from nbflow.task_runners import TaskRunner, ThreadPoolTaskRunner
+from nbflow.states import State
+from nbflow.task_runners import TaskRunner
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("nbflow.flow_runs")
 
-_ACCEPTED_OPTIONS = (
-    "persist_result",
-    "result_storage",
-    "result_serializer",
-    "cache_result_in_memory",
-)
 
-
-class Flow(Generic[P, R]):
+class Flow(MethodDescriptor, Generic[P, R]):
     """A function whose calls are flow runs. Create with the :func:`flow` decorator."""
 
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        name: str | None = None,
-        version: str | None = None,
-        flow_run_name: str | Callable[..., str] | None = None,
-        retries: int | None = None,
-        retry_delay_seconds: float | None = None,
-        task_runner: TaskRunner | type[TaskRunner] | None = None,
-        description: str | None = None,
-        timeout_seconds: float | None = None,
-        validate_parameters: bool = True,
-        log_prints: bool | None = None,
-        on_completion: list[Callable] | None = None,
-        on_failure: list[Callable] | None = None,
-        on_cancellation: list[Callable] | None = None,
-        on_crashed: list[Callable] | None = None,
-        on_running: list[Callable] | None = None,
-        **accepted: Any,
-    ) -> None:
-        from nbflow.tasks import _hook_list
-
+    def __init__(self, fn: Callable[P, R], **options: Any) -> None:
+        """A flow of ``fn``; ``options`` are those of :func:`flow`, checked as Prefect checks them."""
+        fn, self._method = unwrap_method(fn)
         if not callable(fn):
-            raise TypeError(f"@flow must decorate a function, got {fn!r}")
-        unknown = set(accepted) - set(_ACCEPTED_OPTIONS)
-        if unknown:
-            raise TypeError(f"@flow got unknown option(s): {', '.join(sorted(unknown))}")
+            raise TypeError(f"'fn' must be callable: @flow decorates a function, got {fn!r}")
+        functools.update_wrapper(self, fn)
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "flow").replace("_", "-")
-        self.version = version
-        self.description = description or inspect.getdoc(fn)
-        self.flow_run_name = flow_run_name
-        self.retries = int(retries or 0)
-        self.retry_delay_seconds = retry_delay_seconds or 0
-        if isinstance(task_runner, type):
-            task_runner = task_runner()
-        if task_runner is not None and not isinstance(task_runner, TaskRunner):
-            raise TypeError(
-                f"Flow {self.name!r}: task_runner must be a TaskRunner (e.g. ThreadPoolTaskRunner()), "
-                f"got {task_runner!r}"
-            )
-        self.task_runner = task_runner or ThreadPoolTaskRunner()
-        self.timeout_seconds = float(timeout_seconds) if timeout_seconds else None
-        self.validate_parameters = validate_parameters
-        self.log_prints = log_prints
-        self.isasync = inspect.iscoroutinefunction(fn)
-        self.signature = CallSignature(fn, f"flow {self.name!r}")
-        for reserved in ("wait_for", "return_state"):
-            if reserved in self.signature.names:
-                raise ReservedArgumentError(
-                    f"{reserved!r} is a reserved argument name and cannot be used in flow "
-                    f"functions (flow {self.name!r}); rename the parameter."
-                )
-        self.on_completion_hooks = _hook_list(on_completion, "on_completion")
-        self.on_failure_hooks = _hook_list(on_failure, "on_failure")
-        self.on_cancellation_hooks = _hook_list(on_cancellation, "on_cancellation")
-        self.on_crashed_hooks = _hook_list(on_crashed, "on_crashed")
-        self.on_running_hooks = _hook_list(on_running, "on_running")
-        self._accepted = accepted
+        self.isasync = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        FLOW_OPTIONS.apply(self, options, "Flow.__init__()")
+        self.signature = CallSignature(fn)
+        check_reserved(self.signature.names, f"flow {self.name!r}")
         self._adapters: dict[str, Any] | None = None
 
-    retry_condition_fn = None
+    retry_condition_fn = None  # flows have none; the engine's retry rule reads it
 
-    def _hook_decorator(kind: str) -> Callable:  # type: ignore[misc]
-        def add(self: "Flow", fn: Callable) -> Callable:
-            getattr(self, f"on_{kind}_hooks").append(fn)
-            return fn
-
-        add.__name__ = f"on_{kind}"
-        add.__doc__ = f"Decorator adding an on_{kind} hook ``fn(flow, flow_run, state)``."
-        return add
-
-    on_completion = _hook_decorator("completion")
-    on_failure = _hook_decorator("failure")
-    on_cancellation = _hook_decorator("cancellation")
-    on_crashed = _hook_decorator("crashed")
-    on_running = _hook_decorator("running")
-    del _hook_decorator
+    on_completion = hook_decorator("on_completion")
+    on_failure = hook_decorator("on_failure")
+    on_cancellation = hook_decorator("on_cancellation")
+    on_crashed = hook_decorator("on_crashed")
+    on_running = hook_decorator("on_running")
 
     def with_options(self, **options: Any) -> "Flow[P, R]":
-        """A new flow with some options changed; the original is unchanged."""
-        merged = dict(
-            name=self.name,
-            version=self.version,
-            flow_run_name=self.flow_run_name,
-            retries=self.retries,
-            retry_delay_seconds=self.retry_delay_seconds,
-            task_runner=self.task_runner,
-            description=self.description,
-            timeout_seconds=self.timeout_seconds,
-            validate_parameters=self.validate_parameters,
-            log_prints=self.log_prints,
-            on_completion=self.on_completion_hooks,
-            on_failure=self.on_failure_hooks,
-            on_cancellation=self.on_cancellation_hooks,
-            on_crashed=self.on_crashed_hooks,
-            on_running=self.on_running_hooks,
-            **self._accepted,
-        )
-        merged.update(options)
-        return type(self)(self.fn, **merged)
+        """A new flow with some options changed; the original is unchanged.
+
+        As in Prefect: an empty ``name``, ``version``, ``flow_run_name``,
+        ``description`` or hook list, and a ``None`` ``retries``,
+        ``retry_delay_seconds``, ``task_runner``, ``timeout_seconds``,
+        ``validate_parameters`` or ``cache_result_in_memory``, keep the
+        current value.
+        """
+        return self._copy_with(FLOW_OPTIONS.merge(self, options, "Flow.with_options()"))
 
     # -- parameters --------------------------------------------------------------------
-    def validate(self, parameters: dict[str, Any]) -> dict[str, Any]:
-        """Parameters coerced to the function's type hints (pydantic, lax mode)."""
-        if not self.validate_parameters:
+    def validate_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Parameters coerced to the function's type hints (pydantic, lax mode), as Prefect's.
+
+        Futures and states are left for the runs that resolve them. Raises
+        ParameterTypeError listing every invalid parameter, in Prefect's words.
+        """
+        if not self.should_validate_parameters:
             return parameters
         adapters = self._type_adapters()
         if not adapters:
@@ -168,12 +102,11 @@ class Flow(Generic[P, R]):
             try:
                 validated[name] = adapter.validate_python(parameters[name])
             except pydantic.ValidationError as exc:
-                first = exc.errors()[0]
-                problems.append(f"{name}={parameters[name]!r}: {first['msg']}")
+                problems += [f"{'.'.join(map(str, (name, *err['loc'])))}: {err['msg']}" for err in exc.errors()]
         if problems:
             raise ParameterTypeError(
-                f"Flow {self.name!r} got invalid parameters: {'; '.join(problems)}. Pass values "
-                "that fit the type hints, or use @flow(validate_parameters=False)."
+                "Flow run received invalid parameters:\n - " + "\n - ".join(problems) + f"\nFlow {self.name!r}: "
+                "pass values that fit the type hints, or use @flow(validate_parameters=False)."
             )
         return validated
 
@@ -202,47 +135,87 @@ class Flow(Generic[P, R]):
 
     # -- calling ---------------------------------------------------------------------------
     def __call__(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
-        """Run the flow now, in this thread; returns its value (or final State).
+        """Run the flow now, in this thread; returns what the body returned, or its final State.
 
-        An async flow returns a coroutine to await.
+        Returned futures come back as their final States. As in Prefect, the
+        call raises when the flow failed, except when the body returned a
+        list, set or tuple of states: that is handed back as is. An async
+        flow returns a coroutine to await.
         """
-        parameters = self.validate(self.signature.bind(args, kwargs))
+        parameters = self.signature.bind(args, kwargs)  # a bind error raises here, as in Prefect
         flow_run = FlowRun(self, parameters, current_flow_run(), tags_var.get())
-        blocked = _wait_for_upstream(wait_for)
-        if blocked is not None:  # a failed upstream: the subflow never runs, as a task would not
-            flow_run.set_state(blocked)
-            return blocked if return_state else blocked.result()
+        lifecycle = _call_lifecycle(self, flow_run, wait_for)
         if self.isasync:
-            return self._call_async(flow_run, return_state)
-        return _outcome(engine.drive(flow_lifecycle(self, flow_run)), return_state)
+            return self._call_async(flow_run, lifecycle, return_state)
+        return _outcome(flow_run, engine.drive(lifecycle), return_state)
 
-    async def _call_async(self, flow_run: FlowRun, return_state: bool) -> Any:
-        return _outcome(await engine.drive_async(flow_lifecycle(self, flow_run)), return_state)
+    async def _call_async(self, flow_run: FlowRun, lifecycle: Generator[Any, Any, State], return_state: bool) -> Any:
+        return _outcome(flow_run, await engine.drive_async(lifecycle), return_state)
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"
 
 
-def _wait_for_upstream(wait_for: Iterable[Any] | None) -> State | None:
-    """Wait for ``wait_for``; ``NotReady`` if an upstream without allow_failure did not complete."""
+def _call_lifecycle(flow: Flow, flow_run: FlowRun, wait_for: Iterable[Any] | None) -> Generator[Any, Any, State]:
+    """A flow call: wait for ``wait_for``, check the parameters, then run the body.
+
+    As in Prefect, a subflow whose upstream did not complete stays
+    ``Pending("NotReady")``, and invalid parameters end the run Failed (its
+    on_failure hooks called) without running the body or retrying.
+    """
+    state = yield from _wait_for_upstream(wait_for)
+    if state is None:
+        try:
+            flow_run.parameters = flow.validate_parameters(flow_run.parameters)
+        except Exception as exc:
+            message = f"Validation of flow parameters failed with error: {type(exc).__name__}: {exc}"
+            logger.error("Flow run %r: %s", flow_run.name, message)
+            state = S.Failed(message=message, data=exc)
+    if state is None:
+        return (yield from flow_lifecycle(flow, flow_run))
+    flow_run.set_state(state)
+    hooks = engine.final_hooks(flow, state)
+    if hooks:
+        yield (engine.HOOKS, hooks, flow, flow_run, state)
+    return state
+
+
+def _wait_for_upstream(wait_for: Iterable[Any] | None) -> Generator[Any, Any, State | None]:
+    """Wait for the task runs and states in ``wait_for``; ``NotReady`` if one does not admit the run.
+
+    The same rule as for a task run (``engine.admits``): ``allow_failure``
+    lets through an upstream that failed or never ran, not one that was
+    cancelled or crashed.
+    """
     if not wait_for:
         return None
-    from nbflow.engine import _upstream_message
     from nbflow.resolve import collect
 
     deps, _ = collect({}, list(wait_for))
+    runs = [dep for dep, _ in deps if isinstance(dep, TaskRun)]
+    for run in runs:
+        run.mark_resolved()
+    unfinished = [run for run in runs if not run.done]
+    if unfinished:
+        yield (engine.WAIT, unfinished)
     for dep, allowed in deps:
-        dep._resolved = True
-        dep.wait()
-        if not allowed and not dep.states[-1].is_completed():
-            return S.NotReady(message=_upstream_message(dep, dep.states[-1]))
+        state = dep if isinstance(dep, State) else dep.state
+        if not engine.admits(state, allowed):
+            return S.NotReady(message=engine.upstream_message(dep, state))
     return None
 
 
-def _outcome(state: State, return_state: bool) -> Any:
+def _outcome(flow_run: FlowRun, state: State, return_state: bool) -> Any:
+    """What a flow call gives its caller once the run ended in ``state``."""
+    state.mark_run(flow_run.int_id)  # a run's state: a parent flow returning it aggregates it
     if isinstance(state.data, (KeyboardInterrupt, SystemExit)):
         raise state.data
-    return state if return_state else state.result()
+    if return_state:
+        return state
+    if state.data_returned and not isinstance(state.data, State):
+        # As in Prefect, the call returns what the body returned, even holding failed states.
+        return state.data
+    return state.result()
 
 
 def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
@@ -260,25 +233,31 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
         args, kwargs = flow.signature.call_arguments(flow_run.parameters)
         what = f"Flow run {flow_run.name!r}"
         while True:
-            flow_run.run_count += 1
             runner = flow.task_runner.duplicate()
-            flow_run.task_runner = runner
             runner.__enter__()
-            flow_run.set_state(S.Running() if flow_run.run_count == 1 else S.Retrying())
-            engine.call_hooks(flow.on_running_hooks, flow, flow_run, flow_run.states[-1])
+            attempt = flow_run.start_attempt(runner)
+            if flow.on_running_hooks:
+                yield (engine.HOOKS, flow.on_running_hooks, flow, flow_run, attempt)
             try:
                 ok, value = yield (engine.CALL, flow.fn, args, kwargs, flow.timeout_seconds, None)
                 if ok:
-                    value = _settle(flow_run, value)
+                    value = yield from _settle(flow_run, value)
             except KeyboardInterrupt as interrupt:
                 ok, value = False, interrupt
             state = _body_state(flow_run, ok, value, what, flow.timeout_seconds)
+            if flow_run.cancel_reason is not None and not state.is_cancelled():
+                state = S.Cancelled(
+                    message=f"{what} was cancelled ({flow_run.cancel_reason}): task runs that had "
+                    "not finished were cancelled, completed ones kept."
+                )
             if not state.is_completed():
-                _cancel_unfinished(
+                still_running = _cancel_unfinished(
                     flow_run,
                     f"{what} ended {state.name}: {state.message}",
                     interrupt=state.is_cancelled() or state.name == "TimedOut",
                 )
+                if still_running:  # a failed body lets started runs finish: what they compute is kept
+                    yield (engine.WAIT, still_running)
             runner.shutdown()
             if engine.should_retry(flow, flow_run, state):
                 flow_run.set_state(S.AwaitingRetry(message=f"Retry {flow_run.run_count} of {flow.retries}"))
@@ -287,13 +266,9 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
                 continue
             break
         flow_run.set_state(state)
-        hooks = {
-            StateType.COMPLETED: flow.on_completion_hooks,
-            StateType.FAILED: flow.on_failure_hooks,
-            StateType.CANCELLED: flow.on_cancellation_hooks,
-            StateType.CRASHED: flow.on_crashed_hooks,
-        }.get(state.type)
-        engine.call_hooks(hooks, flow, flow_run, state)
+        hooks = engine.final_hooks(flow, state)
+        if hooks:
+            yield (engine.HOOKS, hooks, flow, flow_run, state)
         return state
     finally:
         task_run_var.reset(task_token)
@@ -301,37 +276,26 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
 
 
 def _body_state(flow_run: FlowRun, ok: bool, value: Any, what: str, timeout: float | None) -> State:
+    """The state an attempt ends in: from the body's return value (see return_value_to_state) or its exception."""
     if not ok and isinstance(value, KeyboardInterrupt):
         return S.Cancelled(
             message=f"{what} was interrupted: runs not started were cancelled, completed runs kept.",
             data=value,
         )
-    if ok and isinstance(value, State) and value._run_id is None:
-        return value  # a state made by the body is the flow's state
-    state = engine.outcome_state(ok, value, what, timeout, FlowRunTimeoutError)
-    if ok:
-        # Returned task-run states (futures became states): the flow fails if one did not complete.
-        returned = find(value, State)
-        failed = [s for s in returned if not s.is_completed()]
-        if failed:
-            first = failed[0]
-            exc = first.data if isinstance(first.data, BaseException) else first._exception()
-            return S.Failed(message=f"{len(failed)}/{len(returned)} states failed.", data=exc)
-        return S.Completed(data=value)
-    return state
+    return engine.outcome_state(ok, value, what, timeout, FlowRunTimeoutError)
 
 
-def _settle(flow_run: FlowRun, value: Any) -> Any:
+def _settle(flow_run: FlowRun, value: Any) -> Generator[Any, Any, Any]:
     """Wait for the run's unfinished task runs; turn returned futures into their states."""
     from nbflow.futures import resolve_futures_to_states
 
     returned = find(value, PrefectFuture)
     for future in returned:
-        future.task_run._resolved = True
-    unfinished = [r for r in flow_run.task_runs if not r._done]
-    unresolved = [r for r in unfinished if not r._resolved]
-    for run in unfinished:
-        run.wait()
+        future.task_run.mark_resolved()
+    unfinished = [r for r in flow_run.task_runs if not r.done]
+    unresolved = [r for r in unfinished if not r.resolved]
+    if unfinished:
+        yield (engine.WAIT, unfinished)
     if unresolved:
         names = ", ".join(repr(r.name) for r in unresolved[:10])
         more = f" and {len(unresolved) - 10} more" if len(unresolved) > 10 else ""
@@ -345,34 +309,32 @@ def _settle(flow_run: FlowRun, value: Any) -> Any:
     return resolve_futures_to_states(value) if returned else value
 
 
-def _cancel_unfinished(flow_run: FlowRun, reason: str, interrupt: bool) -> None:
-    """Cancel task runs that have not started; then interrupt running ones, or wait for them.
+def _cancel_unfinished(flow_run: FlowRun, reason: str, interrupt: bool) -> list[TaskRun]:
+    """Cancel task runs that have not started; interrupt running ones, or return them to wait for.
 
     A failed body lets started runs finish (what they compute is kept); an
     interrupt, a timeout or a cancel stops them at their next bytecode.
     """
-    from nbflow.timeouts import interrupt_thread
-
-    unfinished = [run for run in iter_task_runs(flow_run) if not run._done]
+    unfinished = flow_run.unfinished_task_runs()
     for run in unfinished:
         run.cancel(reason)
-    for run in unfinished:
-        if run._done:
-            continue
-        if not interrupt:
-            run.wait()
-        elif run._thread_id is not None:
-            interrupt_thread(run._thread_id, engine.CancelSignal)
-    if interrupt and flow_run.task_runner is not None:
+    running = [run for run in unfinished if not run.done]
+    if not interrupt:
+        return running
+    for run in running:
+        run.interrupt(engine.CancelSignal)
+    if flow_run.task_runner is not None:
         flow_run.task_runner.cancel_all(reason)
+    return []
 
 
 def cancel_flow_run(flow_run: FlowRun, reason: str = "cancelled by the user") -> None:
-    """Cancel a flow run's task runs that have not started and interrupt running ones.
+    """Cancel a flow run: its task runs that have not started, and interrupt running ones.
 
-    What completed is kept. Used by the notebook view's Cancel button; safe to
-    call from any thread.
+    What completed is kept, and the flow run ends Cancelled. Used by the
+    notebook view's Cancel button; safe to call from any thread.
     """
+    flow_run.request_cancel(reason)
     _cancel_unfinished(flow_run, reason, interrupt=True)
 
 
@@ -388,26 +350,39 @@ def flow(
     version: str | None = None,
     flow_run_name: str | Callable[..., str] | None = None,
     retries: int | None = None,
-    retry_delay_seconds: float | None = None,
+    retry_delay_seconds: int | float | None = None,
     task_runner: TaskRunner | type[TaskRunner] | None = None,
     description: str | None = None,
-    timeout_seconds: float | None = None,
+    timeout_seconds: int | float | None = None,
     validate_parameters: bool = True,
+    persist_result: bool | None = None,
+    result_storage: Any = None,
+    result_serializer: Any = None,
+    cache_result_in_memory: bool = True,
     log_prints: bool | None = None,
-    on_completion: list[Callable] | None = None,
-    on_failure: list[Callable] | None = None,
-    on_cancellation: list[Callable] | None = None,
-    on_crashed: list[Callable] | None = None,
-    on_running: list[Callable] | None = None,
-    **accepted: Any,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+    on_cancellation: list[Callable[..., Any]] | None = None,
+    on_crashed: list[Callable[..., Any]] | None = None,
+    on_running: list[Callable[..., Any]] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(__fn: Any = None, **options: Any) -> Any:
-    """Make a function a flow: ``@flow``, ``@flow(task_runner=...)``, or ``flow(fn)``."""
+    """Make a function a flow: ``@flow``, ``@flow(task_runner=...)``, or ``flow(fn)``.
+
+    The options are Prefect's (see the typed overload above); bad values are
+    rejected here, when the decorator runs.
+    """
+    FLOW_OPTIONS.check_names(options, "flow()")
     if __fn is not None:
         return Flow(__fn, **options)
     return lambda fn: Flow(fn, **options)
+
+
+flow.__signature__ = FLOW_OPTIONS.signature(  # type: ignore[attr-defined]
+    inspect.Parameter("__fn", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+)
 
 
 __all__ = ["Flow", "flow", "cancel_flow_run"]

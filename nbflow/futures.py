@@ -1,6 +1,6 @@
 """Futures of task runs, future lists, ``wait`` and ``as_completed``.
 
-Every nbflow future is a :class:`PrefectFuture` over a :class:`~nbflow.runs.TaskRun`
+Every nbflow future is a :class:`PrefectFuture` over a :class:`~nbflow.records.TaskRun`
 record; runners complete the record, so a future of any runner has the same
 methods and semantics. Waiting uses waiters registered on the record (never
 polling): ``wait`` and ``as_completed`` cost one callback per future.
@@ -13,7 +13,8 @@ import time
 import uuid
 from typing import Any, Generic, Iterable, Iterator, NamedTuple, TypeVar
 
-from nbflow.runs import Completion, TaskRun, _done_lock, blocking_wait
+from nbflow.completion import Countdown, blocking_wait
+from nbflow.records import TaskRun
 from nbflow.states import State
 
 R = TypeVar("R")
@@ -47,11 +48,11 @@ class PrefectFuture(Generic[R]):
 
     def done(self) -> bool:
         """True once the run is over (final, cancelled, or blocked upstream)."""
-        return self._run._done
+        return self._run.done
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run is over or ``timeout`` seconds pass. Never raises."""
-        self._run._resolved = True
+        self._run.mark_resolved()
         self._run.wait(timeout)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
@@ -63,8 +64,8 @@ class PrefectFuture(Generic[R]):
         seconds without an outcome raise :class:`TimeoutError`.
         """
         run = self._run
-        run._resolved = True
-        if not run._done and not run.wait(timeout):
+        run.mark_resolved()
+        if not run.done and not run.wait(timeout):
             raise TimeoutError(
                 f"Task run {run.name!r} did not finish within {timeout} seconds; "
                 "it goes on running, call .result() again to wait longer."
@@ -83,11 +84,6 @@ class PrefectFuture(Generic[R]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._run.name!r}, state={self.state.name})"
-
-    def _repr_html_(self) -> str:
-        from nbflow.notebook import reprs
-
-        return reprs.future_html(self)
 
 
 class PrefectConcurrentFuture(PrefectFuture[R]):
@@ -124,11 +120,6 @@ class PrefectFutureList(list, Generic[R]):
                 )
         return [f.result(raise_on_failure=raise_on_failure) for f in self]
 
-    def _repr_html_(self) -> str:
-        from nbflow.notebook import reprs
-
-        return reprs.future_list_html(self)
-
 
 class DoneAndNotDoneFutures(NamedTuple, Generic[R]):
     """What :func:`wait` returns: the futures that finished and those that did not."""
@@ -149,33 +140,16 @@ def wait(futures: Iterable[PrefectFuture[R]], timeout: float | None = None) -> D
     """
     _check_timeout(timeout)
     unique = set(futures)
-    pending = [f for f in unique if not f._run._done]
+    pending = [f for f in unique if not f._run.done]
     for f in unique:
-        f._run._resolved = True
+        f._run.mark_resolved()
     if pending:
-        gate = _Countdown(len(pending))
+        gate = Countdown(len(pending))
         for f in pending:
             f._run.add_done_callback(gate.tick)
         gate.wait(timeout)
-    done = {f for f in unique if f._run._done}
+    done = {f for f in unique if f._run.done}
     return DoneAndNotDoneFutures(done, unique - done)
-
-
-class _Countdown(Completion):
-    """Ends when ``tick`` has been called ``n`` times."""
-
-    __slots__ = ("_left",)
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self._left = n
-
-    def tick(self, _run: TaskRun) -> None:
-        with _done_lock:
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            self._open()
 
 
 def as_completed(
@@ -194,7 +168,7 @@ def as_completed(
     finished: queue.SimpleQueue = queue.SimpleQueue()
     by_run = {}
     for f in unique:
-        f._run._resolved = True
+        f._run.mark_resolved()
         by_run[id(f._run)] = f
         f._run.add_done_callback(finished.put)
     for left in range(len(unique), 0, -1):

@@ -4,23 +4,28 @@
 records carry the run's names and propagate to the root logger. While a flow
 runs, ``sys.stdout``/``sys.stderr`` are wrapped by a router that, inside a
 task run, records each write in the run's ``output`` and publishes it on the
-event seam, then *echoes* it (by default to the real stream). The notebook
-layer replaces the echo with :func:`set_echo` to put a run's output in the
-cell that started its flow, whatever thread printed it.
+event seam (:mod:`nbflow.events`). A default subscriber echoes it to the real
+stream; the notebook layer turns that off (:func:`console_echo`) and puts a
+run's output in the cell that started its flow, whatever thread printed it.
+
+With ``log_prints`` (Prefect's option), each ``print()`` call in a run is one
+INFO record on that run's logger instead: ``print`` itself is replaced (see
+:func:`_print_as_log`), since a stream only sees the pieces a call writes.
 """
 
 from __future__ import annotations
 
+import builtins
 import io
 import logging
 import sys
 import threading
-from typing import Any, Callable
+from collections import deque
+from typing import Any, Iterable, Iterator
 
-from nbflow import settings
+from nbflow import events, settings
 from nbflow.context import current_flow_run, flow_run_var, task_run_var
 from nbflow.exceptions import MissingContextError
-from nbflow.runs import publish_output
 
 logger = logging.getLogger("nbflow")
 logger.setLevel(logging.INFO)
@@ -29,78 +34,114 @@ task_run_logger = logging.getLogger("nbflow.task_runs")
 
 
 class OutputBuffer:
-    """What one run printed or logged: ``(stream, text)`` chunks, the newest kept."""
+    """What one run printed or logged: ``(stream, text)`` chunks, the newest kept.
 
-    __slots__ = ("chunks", "size", "dropped")
+    At most ``settings.current.max_output_chars`` characters are kept (the
+    tail); ``dropped`` counts the characters let go. An append costs the same
+    however much was printed before, and readers (the notebook view, on its
+    own thread) get a consistent snapshot.
+    """
 
-    def __init__(self) -> None:
-        self.chunks: list[tuple[str, str]] = []
-        self.size = 0
-        self.dropped = 0
+    __slots__ = ("_chunks", "size", "dropped", "_lock")
+
+    def __init__(self, chunks: Iterable[tuple[str, str]] = (), size: int = 0, dropped: int = 0) -> None:
+        self._chunks: deque[tuple[str, str]] = deque(chunks)
+        self.size = size
+        self.dropped = dropped
+        self._lock = threading.Lock()
 
     def append(self, stream: str, text: str) -> None:
-        self.chunks.append((stream, text))
-        self.size += len(text)
+        """Add one chunk, letting the oldest go once the cap is passed."""
         limit = settings.current.max_output_chars
-        while self.size > limit and len(self.chunks) > 1:
-            _, old = self.chunks.pop(0)
-            self.size -= len(old)
-            self.dropped += len(old)
+        with self._lock:
+            chunks = self._chunks
+            # Every chunk is one published write, even when cut: remote runs count them.
+            chunks.append((stream, text))
+            size = self.size + len(text)
+            while size > limit and len(chunks) > 1:
+                old = chunks.popleft()[1]
+                size -= len(old)
+                self.dropped += len(old)
+            self.size = size
+            if size > limit:
+                self._cut(limit)
+
+    def _cut(self, limit: int) -> None:
+        """Keep only the tail of the one chunk left, which alone passes the cap."""
+        keep = max(limit, 1)
+        stream, text = self._chunks[0]
+        if len(text) > keep:
+            self._chunks[0] = (stream, text[-keep:])
+            self.dropped += len(text) - keep
+            self.size = keep
+
+    @property
+    def chunks(self) -> list[tuple[str, str]]:
+        """A copy of the kept ``(stream, text)`` chunks, oldest first."""
+        with self._lock:
+            return list(self._chunks)
 
     def text(self, streams: tuple[str, ...] = ("stdout", "stderr", "log")) -> str:
         """The captured text of the given streams, in the order it was written."""
-        head = f"[... {self.dropped} characters dropped ...]\n" if self.dropped else ""
-        return head + "".join(t for s, t in self.chunks if s in streams)
+        with self._lock:
+            body = "".join(t for s, t in self._chunks if s in streams)
+            dropped = self.dropped
+        head = f"[... {dropped} characters dropped ...]\n" if dropped else ""
+        return head + body
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.chunks)
 
     def __len__(self) -> int:
-        return len(self.chunks)
+        return len(self._chunks)
 
     def __reduce__(self):
-        return (_rebuild_buffer, (self.chunks, self.size, self.dropped))
+        with self._lock:
+            return (_rebuild_buffer, (list(self._chunks), self.size, self.dropped))
 
 
 def _rebuild_buffer(chunks: list, size: int, dropped: int) -> OutputBuffer:
-    buf = OutputBuffer()
-    buf.chunks, buf.size, buf.dropped = chunks, size, dropped
-    return buf
+    return OutputBuffer(chunks, size, dropped)
 
 
 def record_output(run: Any, stream: str, text: str) -> None:
-    """Record ``text`` in ``run``'s output, publish it, and echo it."""
+    """Record ``text`` in ``run``'s output and publish it (an ``output`` or ``log`` event)."""
     if run.output is None:
         run.output = OutputBuffer()
     run.output.append(stream, text)
-    publish_output(run, stream, text)
-    _echo(run, stream, text)
+    events.publish_output(run, stream, text)
 
 
-# -- echo ------------------------------------------------------------------------
-def _echo_to_console(run: Any, stream: str, text: str) -> None:
+# -- echo: a subscriber that shows captured output on the console -----------------------
+def echo_to_console(event: events.OutputEvent) -> None:
+    """Write a captured chunk to the real stdout/stderr (a log record only if no root handler shows it)."""
+    stream = event.stream
     if stream == "log":
         if logging.root.handlers:  # a root handler already shows the record
             return
         stream = "stderr"
     target = _real_stream(stream)
     if target is not None:
-        target.write(text)
+        target.write(event.text)
 
 
-_echo: Callable[[Any, str, str], None] = _echo_to_console
+_console: events.Subscription | None = events.subscribe(echo_to_console, ("output", "log"))
+_console_lock = threading.Lock()
 
 
-def set_echo(echo: Callable[[Any, str, str], None] | None) -> Callable[[Any, str, str], None]:
-    """Route captured task-run output through ``echo(run, stream, text)``.
+def console_echo(enabled: bool) -> None:
+    """Turn the default echo of captured output to the console on or off.
 
-    ``None`` restores the default (write to the real stdout/stderr). Returns
-    the previous echo so it can be restored.
+    Whatever routes output elsewhere (the notebook layer, a process worker)
+    turns it off and subscribes to ``output`` / ``log`` events itself.
     """
-    global _echo
-    previous = _echo
-    _echo = echo or _echo_to_console
-    return previous
+    global _console
+    with _console_lock:
+        if enabled and _console is None:
+            _console = events.subscribe(echo_to_console, ("output", "log"))
+        elif not enabled and _console is not None:
+            _console.unsubscribe()
+            _console = None
 
 
 # -- the stdout/stderr router ------------------------------------------------------
@@ -113,15 +154,9 @@ class _Router(io.TextIOBase):
 
     def write(self, text: str) -> int:
         run = task_run_var.get()
-        if run is None:
-            flow_run = flow_run_var.get()
-            if flow_run is not None and self.stream == "stdout" and flow_run.flow.log_prints:
-                _log_print(flow_run_logger, flow_run, text)
-                return len(text)
+        if run is None or events.delivering():  # a subscriber's output is not the run's
             return self.inner.write(text)
-        if self.stream == "stdout" and _log_prints(run):
-            _log_print(task_run_logger, run, text)
-        else:
+        if text:  # an empty write is not a chunk (print("", end="") makes one)
             record_output(run, self.stream, text)
         return len(text)
 
@@ -145,17 +180,80 @@ class _Router(io.TextIOBase):
         return getattr(self.inner, name)
 
 
-def _log_prints(run: Any) -> bool:
-    value = run.task.log_prints
-    if value is None and run.flow_run is not None:
-        value = run.flow_run.flow.log_prints
-    return bool(value)
+# -- log_prints ---------------------------------------------------------------------
+def should_log_prints(run: Any) -> bool:
+    """Whether ``print`` in ``run`` (a task run or flow run) becomes a log record.
+
+    The run's own ``log_prints`` decides; ``None`` inherits it: a task run
+    from its flow run, a subflow run from its parent flow run; a top-level
+    run inherits nothing (False), as in Prefect.
+    """
+    task = getattr(run, "task", None)
+    if task is not None:
+        if task.log_prints is not None:
+            return bool(task.log_prints)
+        run = run.flow_run
+    while run is not None:
+        value = run.flow.log_prints
+        if value is not None:
+            return bool(value)
+        run = run.parent
+    return False
 
 
-def _log_print(base: logging.Logger, run: Any, text: str) -> None:
-    text = text.rstrip("\n")
-    if text.strip():
-        _adapter(base, run).info(text)
+def _to_console(file: Any) -> bool:
+    """Whether ``print(..., file=file)`` targets stdout/stderr (whatever wraps them)."""
+    if file is None or file is sys.stdout or file is sys.stderr:
+        return True
+    return file is _real_stream("stdout") or file is _real_stream("stderr")
+
+
+def _print_as_log(*args: Any, **kwargs: Any) -> None:
+    """``print``; in a run with ``log_prints``, one INFO record on the run logger instead.
+
+    The record's message is exactly what ``print`` would have written (``sep``,
+    ``end``), trailing whitespace stripped, as Prefect's ``print_as_log``. A
+    ``file=`` other than stdout/stderr is printed to as usual.
+    """
+    run = task_run_var.get()
+    if run is not None:
+        base = task_run_logger
+    else:
+        run = flow_run_var.get()
+        if run is None:
+            return _builtin_print(*args, **kwargs)
+        base = flow_run_logger
+    file = kwargs.get("file")
+    if should_log_prints(run) and _to_console(file):
+        _adapter(base, run).info(_printed(args, kwargs).rstrip(), stacklevel=2)
+        return None
+    target = sys.stdout if file is None else file
+    if base is task_run_logger and isinstance(target, _Router):
+        # One write per call: the run's output gets whole prints, at a fraction
+        # of the cost of capturing each piece print writes.
+        target.write(_printed(args, kwargs))
+        if kwargs.get("flush"):
+            target.flush()
+        return None
+    return _builtin_print(*args, **kwargs)
+
+
+def _printed(args: tuple, kwargs: dict[str, Any]) -> str:
+    """What ``print(*args, **kwargs)`` would write."""
+    if not kwargs:  # the common call, formatted as print does, at a third of the cost
+        return " ".join([str(arg) for arg in args]) + "\n"
+    buffer = io.StringIO()
+    _builtin_print(*args, **{**kwargs, "file": buffer, "flush": False})
+    return buffer.getvalue()
+
+
+# ``print`` is replaced once, at import: the replacement checks the running
+# run itself, so log_prints starts and stops with each run, in every thread,
+# and code that saved ``print`` before a run finds it unchanged after.
+_builtin_print = getattr(builtins.print, "_nbflow_builtin", builtins.print)
+_print_as_log._nbflow_builtin = _builtin_print  # type: ignore[attr-defined]
+_print_as_log.__wrapped__ = _builtin_print  # type: ignore[attr-defined]
+builtins.print = _print_as_log
 
 
 _install_lock = threading.Lock()
@@ -191,7 +289,7 @@ class RunLoggerAdapter(logging.LoggerAdapter):
 
 
 def _adapter(base: logging.Logger, run: Any) -> RunLoggerAdapter:
-    from nbflow.runs import TaskRun
+    from nbflow.records import TaskRun
 
     if isinstance(run, TaskRun):
         extra = {
@@ -246,4 +344,7 @@ _capture_handler.setFormatter(
 )
 logger.addHandler(_capture_handler)
 
-__all__ = ["get_run_logger", "set_echo", "install_capture", "record_output", "OutputBuffer"]
+__all__ = [
+    "get_run_logger", "install_capture", "record_output", "echo_to_console", "console_echo", "OutputBuffer",
+    "should_log_prints",
+]

@@ -115,13 +115,31 @@ def _rebuild(t: type, items: list, plain: type) -> Any:
         return plain(items)
 
 
+def dependencies(parameters: dict[str, Any], wait_for: Any = None) -> tuple | None:
+    """What a run with these arguments waits for before it starts: ``(upstream, failure_allowed)`` pairs.
+
+    None when the arguments hold nothing to resolve (plain values only, and no
+    ``wait_for``): such a run starts with its parameters as they are.
+    """
+    if wait_for is None:
+        for value in parameters.values():
+            if type(value) not in _ATOMIC:
+                break
+        else:
+            return None
+    deps, special = collect(parameters, wait_for)
+    return tuple(deps) if deps or special else None
+
+
 def collect(parameters: dict[str, Any], wait_for: Any = None) -> tuple[list, bool]:
     """The upstream runs of a run's arguments and ``wait_for``.
 
     Returns ``(dependencies, needs_resolve)``: ``dependencies`` is a list of
-    ``(task_run, failure_allowed)`` pairs; ``needs_resolve`` is True when the
-    arguments hold futures, states or annotations that :func:`resolve` must
-    replace when the run starts.
+    ``(upstream, failure_allowed)`` pairs, where ``upstream`` is the task run
+    of a future, or a State given as an argument or in ``wait_for`` (which
+    must admit the run as much as a run would); ``needs_resolve`` is True when
+    the arguments hold futures, states or annotations that :func:`resolve`
+    must replace when the run starts.
     """
     deps: list = []
     special = False
@@ -135,8 +153,10 @@ def collect(parameters: dict[str, Any], wait_for: Any = None) -> tuple[list, boo
             if allowed:
                 item = item.value
             if isinstance(item, PrefectFuture):
-                deps.append((item._run, allowed))
-            elif not isinstance(item, State):
+                deps.append((item.task_run, allowed))
+            elif isinstance(item, State):
+                deps.append((item, allowed))
+            else:
                 _collect(item, deps, allowed)
     return deps, special
 
@@ -148,10 +168,11 @@ def _collect(value: Any, deps: list, allowed: bool) -> bool:
         nonlocal found
         if isinstance(v, PrefectFuture):
             found = True
-            deps.append((v._run, allowed))
+            deps.append((v.task_run, allowed))
             return v
         if isinstance(v, State):
             found = True
+            deps.append((v, allowed))
             return v
         if isinstance(v, BaseAnnotation):
             found = True
@@ -162,7 +183,7 @@ def _collect(value: Any, deps: list, allowed: bool) -> bool:
                 return v
             if isinstance(v, opaque):
                 if isinstance(v.value, PrefectFuture):
-                    deps.append((v.value._run, allowed))
+                    deps.append((v.value.task_run, allowed))
                 return v
             _walk(v.value, leaf)
             return v
@@ -197,13 +218,13 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
 
     def leaf(v: Any) -> Any:
         if isinstance(v, PrefectFuture):
-            if v._run is current_run:
+            if v.task_run is current_run:
                 raise ValueError(
-                    f"Discovered a task depending on itself: task run {v._run.name!r} "
+                    f"Discovered a task depending on itself: task run {v.task_run.name!r} "
                     "was given its own future as an argument."
                 )
-            v._run.wait()
-            return result_of(v._run.states[-1])
+            v.task_run.wait()
+            return result_of(v.task_run.states[-1])
         if isinstance(v, State):
             return result_of(v)
         if isinstance(v, BaseAnnotation):
@@ -214,8 +235,8 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
             if isinstance(v, opaque):
                 inner = v.value
                 if isinstance(inner, PrefectFuture):
-                    inner._run.wait()
-                    return result_of(inner._run.states[-1])
+                    inner.task_run.wait()
+                    return result_of(inner.task_run.states[-1])
                 return inner
             return _resolve(v.value, allowed, current_run)
         return _DESCEND
@@ -223,4 +244,4 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
     return _walk(value, leaf)
 
 
-__all__ = ["visit", "find", "collect", "resolve"]
+__all__ = ["visit", "find", "dependencies", "collect", "resolve"]

@@ -4,8 +4,11 @@
 thousand times binds ten thousand times. :class:`CallSignature` precomputes
 what it needs once and binds plain functions (no ``*args``, ``**kwargs`` or
 positional-only parameters) with a few dict operations, falling back to
-``inspect`` for everything else. Parameters are a ``{name: value}`` dict, as
-Prefect has them: ``*args`` under its name as a tuple, ``**kwargs`` as a dict.
+``inspect`` for everything else, and for every call that does not fit, so
+errors carry ``inspect``'s wording in Prefect's ``ParameterBindError`` form.
+Parameters are a ``{name: value}`` dict, as Prefect has them: ``*args`` under
+its name as a tuple, ``**kwargs`` as a dict; a method's ``self`` (or a
+classmethod's ``cls``) is a parameter like the others.
 """
 
 from __future__ import annotations
@@ -21,22 +24,9 @@ _P = inspect.Parameter
 class CallSignature:
     """The parameters of one function, ready for repeated binding."""
 
-    __slots__ = (
-        "signature",
-        "owner",
-        "names",
-        "positional",
-        "defaults",
-        "required",
-        "simple",
-        "var_positional",
-        "var_keyword",
-        "positional_only",
-    )
-
-    def __init__(self, fn: Callable, owner: str) -> None:
+    def __init__(self, fn: Callable) -> None:
         self.signature = inspect.signature(fn)
-        self.owner = owner  # "task 'name'" / "flow 'name'", for messages
+        self.fn_name = getattr(fn, "__name__", None) or type(fn).__name__
         params = list(self.signature.parameters.values())
         self.names = tuple(p.name for p in params)
         self.positional = tuple(
@@ -48,31 +38,40 @@ class CallSignature:
             for p in params
             if p.default is _P.empty and p.kind not in (_P.VAR_POSITIONAL, _P.VAR_KEYWORD)
         )
+        self.keywords = frozenset(self.names)
         self.var_positional = next((p.name for p in params if p.kind is _P.VAR_POSITIONAL), None)
         self.var_keyword = next((p.name for p in params if p.kind is _P.VAR_KEYWORD), None)
         self.positional_only = tuple(p.name for p in params if p.kind is _P.POSITIONAL_ONLY)
         self.simple = not (self.var_positional or self.var_keyword or self.positional_only)
+        self.first: tuple = ()  # the bound instance (or class) of a method, passed before ``args``
+
+    def bound(self, first: Any) -> "CallSignature":
+        """The same signature with ``first`` (a method's instance or class) as the first argument of every call."""
+        copy = object.__new__(CallSignature)
+        copy.__dict__ = self.__dict__.copy()  # share what was precomputed: a method view is made per access
+        copy.first = (first,)
+        return copy
 
     def bind(self, args: tuple, kwargs: dict, apply_defaults: bool = True) -> dict[str, Any]:
         """``{name: value}`` for a call with ``args`` and ``kwargs``; ParameterBindError if they do not fit."""
+        if self.first:
+            args = self.first + args
         if not self.simple:
             return self._bind_slow(args, kwargs, apply_defaults)
         positional = self.positional
         if len(args) > len(positional):
-            self._fail(f"takes {len(positional)} positional arguments but {len(args)} were given")
+            return self._bind_slow(args, kwargs, apply_defaults)
         params = dict(zip(positional, args))
         if kwargs:
+            keywords = self.keywords
             for name in kwargs:
-                if name in params:
-                    self._fail(f"got multiple values for argument {name!r}")
-                if name not in self.defaults and name not in self.required:
-                    self._fail(f"got an unexpected keyword argument {name!r}")
+                if name in params or name not in keywords:
+                    return self._bind_slow(args, kwargs, apply_defaults)
             params.update(kwargs)
         if len(params) < len(self.names):
-            missing = [n for n in self.required if n not in params]
-            if missing:
-                self._fail(f"missing required argument{'s' if len(missing) > 1 else ''}: "
-                           + ", ".join(repr(m) for m in missing))
+            for name in self.required:
+                if name not in params:
+                    return self._bind_slow(args, kwargs, apply_defaults)
             if apply_defaults:
                 for name, default in self.defaults.items():
                     if name not in params:
@@ -83,10 +82,19 @@ class CallSignature:
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            self._fail(str(exc))
+            raise self.bind_error(exc, args, kwargs) from None
         if apply_defaults:
             bound.apply_defaults()
         return dict(bound.arguments)
+
+    def bind_error(self, exc: TypeError, args: tuple, kwargs: dict) -> ParameterBindError:
+        """Prefect's ``ParameterBindError`` for ``inspect``'s ``exc``: the problem, the signature, what came."""
+        name = self.fn_name
+        return ParameterBindError(
+            f"Error binding parameters for function '{name}': {exc}.\n"
+            f"Function '{name}' has signature '{str(self.signature).strip('()')}' "
+            f"but received args: {args} and kwargs: {list(kwargs)}."
+        )
 
     def apply_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
         """Fill in defaults (and empty ``*args``/``**kwargs``) missing from ``params``, in place."""
@@ -118,12 +126,6 @@ class CallSignature:
             else:
                 kwargs[name] = value
         return tuple(args), kwargs
-
-    def _fail(self, problem: str) -> None:
-        raise ParameterBindError(
-            f"Error binding parameters for {self.owner}: {problem}. "
-            f"Its signature is {self.signature}; call it with arguments that fit."
-        )
 
 
 def render_run_name(template: Any, parameters: dict[str, Any], owner: str, option: str) -> str:

@@ -7,11 +7,14 @@ was entered, and its data (the result, or the exception of a failed run).
 
 from __future__ import annotations
 
+import collections
 import datetime
 import enum
 import time
+import types
 from typing import Any, Generic, TypeVar
 
+from nbflow.annotations import BaseAnnotation
 from nbflow.exceptions import CancelledRun, CrashedRun, FailedRun, UnfinishedRun
 
 R = TypeVar("R")
@@ -48,10 +51,12 @@ class State(Generic[R]):
     :class:`~nbflow.exceptions.UnfinishedRun` when the run has no result yet.
     """
 
-    # _run_id: the id of the task run that ended in this state (None for a
-    # state made by hand), so a flow can tell a returned run state from a
-    # state it should take as its own.
-    __slots__ = ("type", "name", "message", "data", "_ts", "_run_id")
+    # _run_id: the id of the run that ended in this state (None for a state
+    # made by hand), so a run can tell a returned run state from a state it
+    # should take as its own. _returned: ``data`` is exactly what the run's
+    # function returned (see return_value_to_state), which a flow call hands
+    # back as is.
+    __slots__ = ("type", "name", "message", "data", "_ts", "_run_id", "_returned")
 
     def __init__(
         self,
@@ -67,18 +72,45 @@ class State(Generic[R]):
         self.data = data
         self._ts = time.time() if timestamp is None else timestamp
         self._run_id: int | None = None
+        self._returned = False
 
     # -- pickling (slots, and states cross process boundaries) --------------
     def __getstate__(self) -> tuple:
-        return (self.type, self.name, self.message, self.data, self._ts, self._run_id)
+        return (self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned)
 
     def __setstate__(self, s: tuple) -> None:
-        self.type, self.name, self.message, self.data, self._ts, self._run_id = s
+        self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned = s
 
     @property
     def timestamp(self) -> datetime.datetime:
         """When the run entered this state (timezone-aware, UTC)."""
         return datetime.datetime.fromtimestamp(self._ts, datetime.timezone.utc)
+
+    @property
+    def timestamp_seconds(self) -> float:
+        """When the run entered this state, in seconds since the epoch (``time.time()``)."""
+        return self._ts
+
+    @property
+    def run_id(self) -> int | None:
+        """The id of the task run or flow run that ended in this state; None for a state made by hand."""
+        return self._run_id
+
+    @property
+    def data_returned(self) -> bool:
+        """True when ``data`` is exactly what the run's function returned (a flow call hands it back)."""
+        return self._returned
+
+    def mark_run(self, run_id: int) -> None:
+        """Note that the run ``run_id`` ended in this state (its records and flow calls call this)."""
+        self._run_id = run_id
+
+    def with_data(self, data: Any) -> "State[Any]":
+        """A copy holding ``data``, entered at the same time (and by the same run)."""
+        copy = State(self.type, self.name, self.message, data, self._ts)
+        copy._run_id = self._run_id
+        copy._returned = self._returned
+        return copy
 
     def is_scheduled(self) -> bool:
         return self.type is StateType.SCHEDULED
@@ -112,23 +144,21 @@ class State(Generic[R]):
         return self.type in TERMINAL_STATES
 
     def result(self, raise_on_failure: bool = True) -> R:
-        """The run's value; for a failed run its exception (raised or returned)."""
+        """The run's value; for a failed, crashed or cancelled run its exception.
+
+        The exception is raised, or with ``raise_on_failure=False`` the state's
+        data is returned (the exception itself when the data is None). A run
+        that has not ended raises :class:`~nbflow.exceptions.UnfinishedRun`.
+        """
         t = self.type
         if t is StateType.COMPLETED:
             return self.data
-        if t in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
-            exc = self.data if isinstance(self.data, BaseException) else self._exception()
-            if raise_on_failure:
-                raise exc
-            return exc  # type: ignore[return-value]
-        detail = f" {self.message}" if self.message else ""
-        raise UnfinishedRun(f"Run is in {t.value} state, its result is not available.{detail}")
-
-    def _exception(self) -> BaseException:
-        kind = {StateType.CANCELLED: CancelledRun, StateType.CRASHED: CrashedRun}.get(
-            self.type, FailedRun
-        )
-        return kind(self.message or f"Run is in {self.type.value} state ({self.name}).")
+        if t not in TERMINAL_STATES:
+            detail = f" {self.message}" if self.message else ""
+            raise UnfinishedRun(f"Run is in {t.value} state, its result is not available.{detail}")
+        if raise_on_failure:
+            raise get_state_exception(self)
+        return get_state_exception(self) if self.data is None else self.data
 
     def copy(self, **changes: Any) -> "State[R]":
         """A copy with some fields changed (``name``, ``message``, ``data``)."""
@@ -138,16 +168,18 @@ class State(Generic[R]):
 
     def __repr__(self) -> str:
         parts = [f"message={self.message!r}", f"type={self.type.value}"]
-        if self.type is StateType.COMPLETED:
-            parts.append(f"result={_short_repr(self.data)}")
-        elif isinstance(self.data, BaseException):
+        if isinstance(self.data, BaseException):
             parts.append(f"exception={self.data!r}")
+        elif self.type is StateType.COMPLETED or self.data is not None:
+            parts.append(f"result={_short_repr(self.data)}")
         return f"{self.name}({', '.join(parts)})"
 
-    def _repr_html_(self) -> str:
-        from nbflow.notebook import reprs
-
-        return reprs.state_html(self)
+    def __str__(self) -> str:
+        """Prefect's short form for logs: ``Name('message', type=TYPE)``, the type only when the name differs."""
+        parts = [repr(self.message)] if self.message else []
+        if self.name.lower() != self.type.value.lower():
+            parts.append(f"type={self.type.value}")
+        return f"{self.name}({', '.join(parts)})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -200,6 +232,100 @@ TimedOut = _constructor(StateType.FAILED, "TimedOut")
 Cached = _constructor(StateType.COMPLETED, "Cached")
 NotReady = _constructor(StateType.PENDING, "NotReady")
 
+# The exception type raised for each failure state with no exception of its own, and its default message.
+_WRAPPERS = {
+    StateType.FAILED: (FailedRun, "Run failed."),
+    StateType.CRASHED: (CrashedRun, "Run crashed."),
+    StateType.CANCELLED: (CancelledRun, "Run cancelled."),
+}
+
+
+def get_state_exception(state: State) -> BaseException:
+    """The exception a failed, crashed or cancelled state stands for (what ``result()`` raises).
+
+    Its data if that is an exception; for a string, a :class:`FailedRun`
+    (``CrashedRun``, ``CancelledRun``) with that message; for a state, that
+    state's exception; for a list, set or tuple of states, the exception of
+    the first that failed; for no data, a wrapper holding the state's message.
+    """
+    wrapper, default = _WRAPPERS.get(state.type, (None, None))
+    if wrapper is None:
+        raise ValueError(f"Expected failed or crashed state got {state!r}.")
+    data = state.data
+    if data is None:
+        return wrapper(state.message or default)
+    if isinstance(data, BaseException):
+        return data
+    if isinstance(data, str):
+        return wrapper(data)
+    if isinstance(data, State):
+        return get_state_exception(data)
+    if is_state_iterable(data):
+        for inner in data:
+            if inner.type in _WRAPPERS:
+                return get_state_exception(inner)
+        raise ValueError("Failed state result was an iterable of states but none were failed.")
+    raise TypeError(
+        f"Unexpected result for failed state: {data!r} —— "
+        f"{type(data).__name__} cannot be resolved into an exception"
+    )
+
+
+def raise_state_exception(state: State) -> None:
+    """Raise the exception of a failed, crashed or cancelled state; do nothing for any other."""
+    if state.type in _WRAPPERS:
+        raise get_state_exception(state)
+
+
+def is_state_iterable(value: Any) -> bool:
+    """True for a non-empty list, set or tuple whose every item is a State (not for annotations)."""
+    return (
+        isinstance(value, (list, set, tuple))
+        and not isinstance(value, BaseAnnotation)
+        and bool(value)
+        and all(isinstance(item, State) for item in value)
+    )
+
+
+def return_value_to_state(value: Any) -> State:
+    """The final state of a run whose function returned ``value`` (tasks and flows alike).
+
+    - A state made by hand (no run ended in it) is the run's state, as is.
+    - A run's state, or a non-empty list, set or tuple holding only states,
+      gives an aggregate holding ``value``: Completed if all completed ("All
+      states completed."), else Cancelled if any was cancelled ("k/n states
+      cancelled."), else Paused if any was paused, else Failed ("k/n states
+      failed." counting failed and crashed ones, or "k/n states are not
+      final." when the others have not ended).
+    - Anything else (a tuple mixing states and values, ``quote(state)``, a
+      dict of states) is Completed with ``value`` (a generator as a list).
+    """
+    if isinstance(value, State) and value._run_id is None:
+        return value
+    if isinstance(value, State) or is_state_iterable(value):
+        state = _aggregate([value] if isinstance(value, State) else list(value), value)
+    else:
+        state = Completed(data=list(value) if isinstance(value, types.GeneratorType) else value)
+    state._returned = True
+    return state
+
+
+def _aggregate(states: list[State], value: Any) -> State:
+    total = len(states)
+    counts = collections.Counter(s.type for s in states)
+    failed = counts[StateType.FAILED] + counts[StateType.CRASHED]
+    if counts[StateType.COMPLETED] == total:
+        return Completed(message="All states completed.", data=value)
+    if counts[StateType.CANCELLED]:
+        return Cancelled(message=f"{counts[StateType.CANCELLED]}/{total} states cancelled.", data=value)
+    if counts[StateType.PAUSED]:
+        return Paused(message=f"{counts[StateType.PAUSED]}/{total} states paused.", data=value)
+    if failed:
+        return Failed(message=f"{failed}/{total} states failed.", data=value)
+    not_final = sum(1 for s in states if not s.is_final())
+    return Failed(message=f"{not_final}/{total} states are not final.", data=value)
+
+
 __all__ = [
     "State",
     "StateType",
@@ -219,4 +345,8 @@ __all__ = [
     "TimedOut",
     "Cached",
     "NotReady",
+    "get_state_exception",
+    "raise_state_exception",
+    "is_state_iterable",
+    "return_value_to_state",
 ]

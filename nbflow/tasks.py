@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import inspect
 import string
@@ -12,51 +13,24 @@ from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 from typing import ParamSpec
 
 from nbflow.context import current_flow_run, tags_var
-from nbflow.exceptions import ReservedArgumentError, TaskRunNameError
-from nbflow.resolve import _ATOMIC, collect
-from nbflow.runs import TaskRun
+from nbflow.exceptions import TaskRunNameError
+from nbflow.options import (
+    TASK_OPTIONS,
+    MethodDescriptor,
+    NotSet,
+    check_reserved,
+    hook_decorator,
+    unwrap_method,
+)
+from nbflow.records import NOTHING, TaskRun
+from nbflow.resolve import dependencies
 from nbflow.signature import CallSignature, render_run_name
 from nbflow.states import State
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-RESERVED_ARGUMENTS = ("wait_for", "return_state")
-_MAX_RETRY_DELAYS = 50
-
-# Prefect options nbflow accepts so code ports unchanged, but does not act on:
-# results are kept in memory, and persisted only for cache_key_fn.
-_ACCEPTED_OPTIONS = (
-    "persist_result",
-    "result_storage",
-    "result_serializer",
-    "result_storage_key",
-    "cache_result_in_memory",
-    "cache_policy",
-    "viz_return_value",
-    "version",
-)
-
-
-def _hook_list(value: Any, option: str) -> list[Callable]:
-    if value is None:
-        return []
-    if callable(value) or not isinstance(value, Iterable):
-        raise TypeError(
-            f"Expected iterable for {option!r}; got {type(value).__name__} instead. "
-            f"Please provide a list of hooks to {option!r}: {option}=[hook1, hook2]."
-        )
-    hooks = list(value)
-    for hook in hooks:
-        if not callable(hook):
-            raise TypeError(
-                f"Expected callables in {option!r}; got {type(hook).__name__} instead. "
-                f"Please provide a list of hooks to {option!r}: {option}=[hook1, hook2]."
-            )
-    return hooks
-
-
-class Task(Generic[P, R]):
+class Task(MethodDescriptor, Generic[P, R]):
     """A function whose calls nbflow tracks as task runs.
 
     Call it to run it now, ``.submit()`` it to run it on the flow's task
@@ -64,118 +38,53 @@ class Task(Generic[P, R]):
     futures. Create with the :func:`task` decorator.
     """
 
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        name: str | None = None,
-        description: str | None = None,
-        tags: Iterable[str] | None = None,
-        cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None,
-        cache_expiration: datetime.timedelta | None = None,
-        refresh_cache: bool | None = None,
-        task_run_name: str | Callable[..., str] | None = None,
-        retries: int | None = None,
-        retry_delay_seconds: float | list[float] | Callable[[int], list[float]] | None = None,
-        retry_jitter_factor: float | None = None,
-        retry_condition_fn: Callable[..., bool] | None = None,
-        timeout_seconds: float | None = None,
-        log_prints: bool | None = None,
-        on_completion: list[Callable] | None = None,
-        on_failure: list[Callable] | None = None,
-        on_running: list[Callable] | None = None,
-        **accepted: Any,
-    ) -> None:
+    def __init__(self, fn: Callable[P, R], **options: Any) -> None:
+        """A task of ``fn`` (a function, a callable object, or a ``classmethod``/``staticmethod``).
+
+        ``options`` are those of :func:`task`, checked as Prefect checks them.
+        """
+        fn, self._method = unwrap_method(fn)
         if not callable(fn):
-            raise TypeError(f"@task must decorate a function, got {fn!r}")
-        unknown = set(accepted) - set(_ACCEPTED_OPTIONS)
-        if unknown:
-            raise TypeError(f"@task got unknown option(s): {', '.join(sorted(unknown))}")
+            raise TypeError(f"'fn' must be callable: @task decorates a function, got {fn!r}")
+        functools.update_wrapper(self, fn)  # __name__, __doc__, __wrapped__ ... as Prefect's tasks have
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
-        self.description = description or inspect.getdoc(fn)
         self.isasync = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-        self.signature = CallSignature(fn, f"task {self.name!r}")
-        for reserved in RESERVED_ARGUMENTS:
-            if reserved in self.signature.names:
-                raise ReservedArgumentError(
-                    f"{reserved!r} is a reserved argument name and cannot be used in task "
-                    f"functions (task {self.name!r}); rename the parameter."
-                )
-        self.tags = frozenset(tags or ())
-        self.cache_key_fn = cache_key_fn
-        self.cache_expiration = cache_expiration
-        self.refresh_cache = refresh_cache
-        self.task_run_name = task_run_name
-        self.retries = int(retries or 0)
-        if isinstance(retry_delay_seconds, (list, tuple)) and len(retry_delay_seconds) > _MAX_RETRY_DELAYS:
-            raise ValueError(f"Can not configure more than {_MAX_RETRY_DELAYS} retry delays per task.")
-        self.retry_delay_seconds = retry_delay_seconds if retry_delay_seconds is not None else 0
-        if retry_jitter_factor is not None and retry_jitter_factor < 0:
-            raise ValueError("`retry_jitter_factor` must be >= 0.")
-        self.retry_jitter_factor = retry_jitter_factor
-        self.retry_condition_fn = retry_condition_fn
-        self.timeout_seconds = float(timeout_seconds) if timeout_seconds else None
-        self.log_prints = log_prints
-        self.on_completion_hooks = _hook_list(on_completion, "on_completion")
-        self.on_failure_hooks = _hook_list(on_failure, "on_failure")
-        self.on_running_hooks = _hook_list(on_running, "on_running")
-        self._accepted = accepted
+        TASK_OPTIONS.apply(self, options, "Task.__init__()")
+        self.signature = CallSignature(fn)
+        check_reserved(self.signature.names, f"task {self.name!r}")
         self._template_problem = self._check_template()
-        self._task_key: str | None = None
 
     # -- options ----------------------------------------------------------------
-    def _options(self) -> dict[str, Any]:
-        return dict(
-            name=self.name,
-            description=self.description,
-            tags=self.tags,
-            cache_key_fn=self.cache_key_fn,
-            cache_expiration=self.cache_expiration,
-            refresh_cache=self.refresh_cache,
-            task_run_name=self.task_run_name,
-            retries=self.retries,
-            retry_delay_seconds=self.retry_delay_seconds,
-            retry_jitter_factor=self.retry_jitter_factor,
-            retry_condition_fn=self.retry_condition_fn,
-            timeout_seconds=self.timeout_seconds,
-            log_prints=self.log_prints,
-            on_completion=self.on_completion_hooks,
-            on_failure=self.on_failure_hooks,
-            on_running=self.on_running_hooks,
-            **self._accepted,
-        )
-
     def with_options(self, **options: Any) -> "Task[P, R]":
-        """A new task with some options changed (``tags`` replaces, it does not merge)."""
-        merged = self._options()
-        merged.update(options)
-        return type(self)(self.fn, **merged)
+        """A new task with some options changed (the keywords of :func:`task` but ``version``).
 
-    def on_completion(self, fn: Callable) -> Callable:
-        """Decorator adding a completion hook ``fn(task, task_run, state)``."""
-        self.on_completion_hooks.append(fn)
-        return fn
+        As in Prefect: ``tags`` replaces, it does not merge; an empty ``name``,
+        ``description``, ``cache_key_fn``, ``cache_expiration``, hook list,
+        ``retry_condition_fn`` or ``viz_return_value``, and a ``None``
+        ``tags``, ``timeout_seconds`` or ``cache_result_in_memory``, keep the
+        current value. The original task is unchanged.
+        """
+        return self._copy_with(TASK_OPTIONS.merge(self, options, "Task.with_options()"))
 
-    def on_failure(self, fn: Callable) -> Callable:
-        """Decorator adding a failure hook ``fn(task, task_run, state)``."""
-        self.on_failure_hooks.append(fn)
-        return fn
+    on_completion = hook_decorator("on_completion")
+    on_failure = hook_decorator("on_failure")
+    on_running = hook_decorator("on_running")
 
-    def on_running(self, fn: Callable) -> Callable:
-        """Decorator adding a hook ``fn(task, task_run, state)`` called as each attempt starts."""
-        self.on_running_hooks.append(fn)
-        return fn
-
-    @property
+    @functools.cached_property
     def task_key(self) -> str:
-        """Stable identity of the task: qualified name and a hash of its code."""
-        if self._task_key is None:
-            code = getattr(self.fn, "__code__", None)
-            digest = hashlib.sha256(
-                repr((code.co_code, code.co_consts) if code else self.name).encode()
-            ).hexdigest()[:12]
-            self._task_key = f"{getattr(self.fn, '__qualname__', self.name)}-{digest}"
-        return self._task_key
+        """Identity of the task's code, as Prefect forms it: ``{function name}-{8 hex digits of its code's hash}``."""
+        fn = self.fn
+        if not hasattr(fn, "__qualname__"):  # a callable object: its class names it
+            return f"{type(fn).__module__}.{type(fn).__qualname__}"
+        code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
+        if code is None:  # a builtin
+            payload = fn.__qualname__.encode()
+        else:
+            import cloudpickle
+
+            payload = cloudpickle.dumps(((code,), {}))
+        digest = hashlib.md5(payload, usedforsecurity=False).hexdigest()[:8]
+        return f"{fn.__qualname__.split('.')[-1]}-{digest}"
 
     # -- run names ------------------------------------------------------------------
     def _check_template(self) -> str | None:
@@ -213,34 +122,27 @@ class Task(Generic[P, R]):
         parameters: dict[str, Any],
         wait_for: Iterable[Any] | None = None,
         map_index: int | None = None,
+        inline: bool = False,
     ) -> TaskRun:
-        """Record a new Pending run of this task in the current flow run, with its upstream."""
-        extra_tags = tags_var.get()
-        run = TaskRun(
+        """Record a new Pending run of this task in the current flow run, with its upstream.
+
+        A run submitted to a runner (``inline=False``) keeps the context it was
+        submitted in, to execute in it wherever it runs.
+        """
+        extra_tags, own_tags = tags_var.get(), self.tags
+        if extra_tags or own_tags:  # a snapshot: the task's tags are a set its owner may change
+            run_tags = frozenset(own_tags | extra_tags if extra_tags else own_tags)
+        else:
+            run_tags = extra_tags
+        return TaskRun(
             self,
             current_flow_run(),
             parameters,
-            self.tags | extra_tags if extra_tags else self.tags,
+            run_tags,
             map_index,
+            dependencies=dependencies(parameters, wait_for),
+            context=None if inline else copy_context(),
         )
-        run._context = copy_context()
-        if wait_for is None:
-            for value in parameters.values():
-                if type(value) not in _ATOMIC:
-                    break
-            else:
-                return run
-        deps, special = collect(parameters, wait_for)
-        if deps or special:
-            run._dependencies = tuple(deps)
-            if deps:
-                upstream = []
-                for dep, _ in deps:
-                    dep._resolved = True
-                    if dep not in upstream:
-                        upstream.append(dep)
-                run.upstream = tuple(upstream)
-        return run
 
     def __call__(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
         """Run the task now, in this thread, and return its value (or its State).
@@ -251,32 +153,15 @@ class Task(Generic[P, R]):
 
         self._check_runnable()
         parameters = self.signature.bind(args, kwargs)
-        run = self.create_run(parameters, wait_for)
+        run = self.create_run(parameters, wait_for, inline=True)
         if self.isasync:
             return self._call_async(run, return_state)
-        for dep, _ in run._dependencies or ():
-            dep.wait()
-        run.claim()
-        try:
-            inputs = engine.resolve_inputs(run)
-            state = inputs if isinstance(inputs, State) else engine.execute(run, inputs)
-        except BaseException as exc:  # the run must end even if the engine raised
-            run.finish(engine.outcome_state(False, exc, f"Task run {run.name!r}", None, TimeoutError))
-            raise
-        return _inline_outcome(run, state, return_state)
+        return _inline_outcome(run, engine.run_here(run), return_state)
 
     async def _call_async(self, run: TaskRun, return_state: bool) -> Any:
         from nbflow import engine
 
-        for dep, _ in run._dependencies or ():
-            dep.wait()
-        run.claim()
-        inputs = engine.resolve_inputs(run)
-        if isinstance(inputs, State):
-            state = inputs
-        else:
-            state = await engine.drive_async(engine.task_lifecycle(run, inputs))
-        return _inline_outcome(run, state, return_state)
+        return _inline_outcome(run, await engine.run_here_async(run), return_state)
 
     def submit(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
         """Run the task on the flow's task runner; returns a future at once.
@@ -311,22 +196,15 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"Task(name={self.name!r})"
 
-    def __get__(self, instance: Any, owner: Any) -> Any:
-        # A task defined in a class body becomes a bound task for the instance.
-        if instance is None:
-            return self
-        bound = self.with_options()
-        bound.fn = self.fn.__get__(instance, owner)
-        bound.signature = CallSignature(bound.fn, f"task {self.name!r}")
-        return bound
-
 
 def _inline_outcome(run: TaskRun, state: State, return_state: bool) -> Any:
-    run.finish(state)
+    """What an inline call gives: the state, what the task returned if that was states, or the result."""
     if isinstance(state.data, (KeyboardInterrupt, SystemExit)):
         raise state.data
     if return_state:
         return state
+    if run.returned is not NOTHING:
+        return run.returned
     return state.result()
 
 
@@ -352,28 +230,47 @@ def task(
     name: str | None = None,
     description: str | None = None,
     tags: Iterable[str] | None = None,
-    cache_key_fn: Callable[..., str | None] | None = None,
+    version: str | None = None,
+    cache_policy: Any = NotSet,
+    cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None,
     cache_expiration: datetime.timedelta | None = None,
-    refresh_cache: bool | None = None,
     task_run_name: str | Callable[..., str] | None = None,
     retries: int | None = None,
-    retry_delay_seconds: Any = None,
+    retry_delay_seconds: float | int | list[float] | Callable[[int], list[float]] | None = None,
     retry_jitter_factor: float | None = None,
-    retry_condition_fn: Callable[..., bool] | None = None,
-    timeout_seconds: float | None = None,
+    persist_result: bool | None = None,
+    result_storage: Any = None,
+    result_serializer: Any = None,
+    result_storage_key: str | None = None,
+    cache_result_in_memory: bool = True,
+    timeout_seconds: int | float | None = None,
     log_prints: bool | None = None,
-    on_completion: list[Callable] | None = None,
-    on_failure: list[Callable] | None = None,
-    on_running: list[Callable] | None = None,
-    **accepted: Any,
+    refresh_cache: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+    on_running: list[Callable[..., Any]] | None = None,
+    retry_condition_fn: Callable[..., bool] | None = None,
+    viz_return_value: Any = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(__fn: Any = None, **options: Any) -> Any:
-    """Make a function a task: ``@task``, ``@task(retries=2)``, or ``task(fn)``."""
+    """Make a function a task: ``@task``, ``@task(retries=2)``, or ``task(fn)``.
+
+    The options are Prefect's (see the typed overload above); bad values are
+    rejected here, when the decorator runs. ``log_prints`` defaults to
+    ``None``: the task inherits its flow's setting.
+    """
+    TASK_OPTIONS.check_names(options, "task()")
+    options = {**TASK_OPTIONS.decorator_defaults, **options}
     if __fn is not None:
         return Task(__fn, **options)
     return lambda fn: Task(fn, **options)
+
+
+task.__signature__ = TASK_OPTIONS.signature(  # type: ignore[attr-defined]
+    inspect.Parameter("__fn", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+)
 
 
 def task_input_hash(context: Any, arguments: dict[str, Any]) -> str | None:

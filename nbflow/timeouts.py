@@ -26,11 +26,23 @@ class DeadlineExceeded(BaseException):
     """
 
 
-def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
-    # None passes NULL, which clears a pending exception.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(ident), None if exc is None else ctypes.py_object(exc)
-    )
+def _set_async_exc(ident: int, exc: type[BaseException]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
+
+
+def absorb_pending(exc: type[BaseException]) -> None:
+    """Let an ``exc`` that was raised into this thread but not delivered yet land here, and drop it.
+
+    Clearing it instead (``PyThreadState_SetAsyncExc`` with NULL) leaves the
+    interpreter's eval breaker set for good in CPython 3.11, which slows every
+    thread of the process from then on; delivering it on a backward jump
+    clears the breaker as CPython intends.
+    """
+    try:
+        for _ in range(3):  # each backward jump checks for a pending asynchronous exception
+            pass
+    except exc:
+        pass
 
 
 class _Timer:
@@ -83,11 +95,12 @@ class _Entry:
                 _set_async_exc(self.ident, DeadlineExceeded)
 
     def finish(self) -> None:
+        """The block ended (called in its thread): a deadline that fired too late is absorbed here."""
         with self.lock:
             self.finished = True
-            if self.fired:
-                # Clear the exception if it is still pending in this thread.
-                _set_async_exc(self.ident, None)
+            fired = self.fired
+        if fired:
+            absorb_pending(DeadlineExceeded)
 
 
 _timer = _Timer()
@@ -134,4 +147,4 @@ def interrupt_thread(ident: int, exc: type[BaseException]) -> None:
     _set_async_exc(ident, exc)
 
 
-__all__ = ["deadline", "DeadlineExceeded", "interrupt_thread"]
+__all__ = ["deadline", "DeadlineExceeded", "interrupt_thread", "absorb_pending"]

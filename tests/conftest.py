@@ -2,18 +2,22 @@
 
 Every test gets its own ``NBFLOW_HOME`` (so the result cache never touches
 ``~/.nbflow``) and leaves nbflow's settings and event subscribers as it
-found them.
+found them. One local Ray and one Dask cluster serve the whole session
+(``ray_session``, ``dask_cluster``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
+import nbflow.events
 import nbflow.runs
 import nbflow.settings
 
@@ -37,9 +41,10 @@ def nbflow_home(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _no_leftover_subscribers():
     """A test's event subscribers never outlive it."""
-    before = nbflow.runs._subscribers, nbflow.runs._flow_subscribers
+    before = {kind: getattr(nbflow.events, kind.replace("-", "_")) for kind in nbflow.events.KINDS}
     yield
-    nbflow.runs._subscribers, nbflow.runs._flow_subscribers = before
+    for kind, callbacks in before.items():
+        setattr(nbflow.events, kind.replace("-", "_"), callbacks)
 
 
 class EventLog:
@@ -171,3 +176,172 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in gaps:
             item.add_marker(pytest.mark.xfail(reason="known Prefect-parity gap", strict=False))
+
+
+# -- clusters shared by the whole session ----------------------------------------------------------
+# Each starts when a test first needs it, gets a second chance if it cannot start
+# (a loaded machine), and stops when the session ends. One that still cannot start
+# fails the first test that needs it with the reason and skips the others in one
+# line each, instead of every test repeating a long traceback.
+
+# Ray's token authentication (on by default) writes ~/.ray/auth_token; tests write only to temp dirs.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+#: ``ray.init`` options of the session's Ray, and of the tests' runners that start their own:
+#: two CPUs (the CI machine's), no dashboard, workers' output not streamed to pytest (nbflow
+#: brings a run's output back itself). No setting lengthens Ray 2.60's start-up limits: the
+#: raylet waits a fixed 15 s for its dashboard agent (a Python process) to report its ports,
+#: ``ray.init`` a fixed 30 s for the node to register. On a 2-core machine the agent needed 8 s
+#: at load 6 and over 15 s at load 8, so a start that misses the limit is retried instead.
+RAY_OPTIONS: dict[str, Any] = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
+
+#: ``distributed.LocalCluster`` options of the session's Dask cluster: two one-thread worker processes.
+DASK_OPTIONS: dict[str, Any] = {
+    "n_workers": 2, "threads_per_worker": 1, "dashboard_address": ":0", "silence_logs": logging.CRITICAL
+}
+
+
+class SessionCluster:
+    """A cluster shared by the session: started on first use (retried once), stopped at the end."""
+
+    def __init__(self, name: str, start: Callable[[], Any], stop: Callable[[Any], None]) -> None:
+        self.name = name
+        self._start = start
+        self._stop = stop
+        self.handle: Any = None
+        self.error: str | None = None
+        self.attempts: list[str] = []  # how each start went (shown after the run)
+        self._reported = False
+
+    def get(self) -> Any:
+        """The running cluster. If it cannot start, the first caller fails with the reason, later ones skip."""
+        if self.handle is None and self.error is None:
+            self._start_with_retry()
+        if self.error is not None:
+            if not self._reported:
+                self._reported = True
+                pytest.fail(self.error, pytrace=False)
+            pytest.skip(f"{self.name} could not start (the first test that needed it says why)")
+        return self.handle
+
+    def _start_with_retry(self) -> None:
+        failures = []
+        for _ in range(2):
+            before = _child_pids()
+            began = time.monotonic()
+            try:
+                self.handle = self._start()
+            except Exception as exc:
+                reason = " ".join(str(exc).split())[:300]
+                failures.append(f"failed after {time.monotonic() - began:.1f} s: {type(exc).__name__}: {reason}")
+                self.attempts.append(failures[-1])
+                _kill_children_since(before)  # what the failed start left running
+            else:
+                self.attempts.append(f"started in {time.monotonic() - began:.1f} s")
+                return
+        self.error = f"{self.name} could not start, twice (an overloaded machine?):\n" + "\n".join(
+            f"  attempt {number}: {failure}" for number, failure in enumerate(failures, 1)
+        )
+
+    def stop(self) -> None:
+        """Stop the cluster if it runs; the next test that needs it starts it again."""
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            self._stop(handle)
+
+
+def _child_pids() -> set[int]:
+    try:
+        import psutil  # installed with Dask and Ray
+    except ImportError:
+        return set()
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def _kill_children_since(before: set[int]) -> None:
+    """Kill the processes this one started since ``before`` was taken (by pid, nothing else)."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in before:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+
+
+def _start_ray() -> Any:
+    """Start Ray with a RayTaskRunner held open for the session (other runners reuse its Ray).
+
+    Closing that runner ends nbflow's thread that drains live messages before
+    Ray shuts down: a thread still inside Ray as it shuts down makes Ray end
+    the whole process. While it runs, ``RAY_ADDRESS`` names it, so the kernels
+    nbval starts later in the session (``notebooks/02-task-runners.ipynb``)
+    connect to it instead of starting a Ray of their own.
+    """
+    ray = pytest.importorskip("ray", reason="ray is not installed")
+    from nbflow.task_runners import RayTaskRunner
+
+    runner = RayTaskRunner(init_kwargs=RAY_OPTIONS)
+    try:
+        runner.__enter__()
+    except Exception:
+        ray.shutdown()  # forget the half-started session, so the retry starts afresh
+        raise
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return runner
+
+
+def _stop_ray(runner: Any) -> None:
+    os.environ.pop("RAY_ADDRESS", None)
+    runner.__exit__(None, None, None)
+
+
+def _start_dask() -> Any:
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+    import dask
+
+    # A worker that dies fails its task at once instead of it being retried elsewhere.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        return distributed.LocalCluster(**DASK_OPTIONS)
+
+
+RAY = SessionCluster("Ray", _start_ray, _stop_ray)
+DASK = SessionCluster("Dask", _start_dask, lambda cluster: cluster.close())
+
+
+@pytest.fixture
+def ray_session():
+    """The session's Ray (the ``ray`` module), initialised here: ``RayTaskRunner()`` uses it, leaves it running."""
+    RAY.get()
+    import ray
+
+    return ray
+
+
+@pytest.fixture
+def dask_cluster():
+    """The session's Dask ``LocalCluster``: runners use it with ``DaskTaskRunner(address=cluster.scheduler_address)``."""
+    return DASK.get()
+
+
+@pytest.fixture
+def ray_options():
+    """The ``ray.init`` options of the session's Ray, for a runner that starts its own (``init_kwargs``)."""
+    return dict(RAY_OPTIONS)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    RAY.stop()
+    DASK.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how long the session's clusters took to start (the figure to watch on a slow machine)."""
+    used = [cluster for cluster in (RAY, DASK) if cluster.attempts]
+    if used:
+        terminalreporter.write_sep("-", "session clusters")
+        for cluster in used:
+            terminalreporter.write_line(f"{cluster.name}: " + "; ".join(cluster.attempts))

@@ -235,3 +235,97 @@ def test_async_task_runtime_context():
         return named.submit(1).result()
 
     assert f() == "async-1"
+
+
+# -- the one guarded path, on the event loop ---------------------------------------------
+import dataclasses  # noqa: E402
+
+
+@dataclasses.dataclass
+class Positive:
+    value: object
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, int) and self.value < 0:
+            raise ValueError("Positive needs a value >= 0")
+
+
+@task
+def minus_one() -> int:
+    return -1
+
+
+@task
+async def async_take(p: Positive) -> object:
+    return p.value
+
+
+def test_async_task_whose_argument_fails_to_resolve_ends_failed_and_the_flow_goes_on():
+    # Rebuilding the dataclass with the resolved value raises: the run must end, not stay Pending.
+    @flow(timeout_seconds=SAFETY)
+    async def f():
+        state = await async_take(Positive(minus_one.submit()), return_state=True)
+        return state.name, state.result(raise_on_failure=False)
+
+    name, error = arun(f())
+    assert name == "Failed" and isinstance(error, ValueError)
+    run = last_flow_run()
+    assert run.state.is_completed()
+    assert [r.state.name for r in run.task_runs] == ["Completed", "Failed"]
+
+
+def test_sync_task_whose_argument_fails_to_resolve_ends_failed_too():
+    @task
+    def sync_take(p: Positive) -> object:
+        return p.value
+
+    @flow(timeout_seconds=SAFETY)
+    def f():
+        state = sync_take(Positive(minus_one.submit()), return_state=True)
+        return state.name, state.message
+
+    name, message = f()
+    assert name == "Failed" and "Positive needs a value" in message
+
+
+def test_awaiting_an_upstream_run_does_not_block_the_event_loop():
+    # The upstream task waits for an event only another coroutine on the flow's loop sets:
+    # if awaiting the upstream blocked the loop, the flow would never finish.
+    release = threading.Event()
+
+    @task
+    def upstream() -> int:
+        assert release.wait(SAFETY)
+        return 20
+
+    @flow
+    async def f():
+        future = upstream.submit()
+
+        async def opener() -> None:
+            await asyncio.sleep(0)
+            release.set()
+
+        value, _ = await asyncio.gather(async_double(future), opener())
+        return value
+
+    assert arun(f()) == 40
+
+
+def test_async_hooks_are_awaited_on_the_flows_loop():
+    loops = []
+
+    async def hook(task, run, state) -> None:
+        loops.append(asyncio.get_running_loop())
+
+    @task(on_completion=[hook])
+    async def hooked() -> int:
+        return 1
+
+    @flow
+    async def f():
+        await hooked()
+        return asyncio.get_running_loop()
+
+    flow_loop = arun(f())
+    assert loops == [flow_loop]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 import re
 import time
+import typing
 from dataclasses import dataclass
 
 import pytest
@@ -12,7 +14,8 @@ import pytest
 import nbflow
 import nbflow.runtime
 from nbflow import flow, tags, task
-from nbflow.exceptions import TaskRunNameError
+from nbflow.exceptions import ReservedArgumentError, TaskRunNameError
+from nbflow.options import FLOW_OPTIONS, TASK_OPTIONS
 from nbflow.runs import last_flow_run
 from nbflow.tasks import task_input_hash
 
@@ -341,6 +344,72 @@ def test_runtime_in_flow_body_has_no_task_run():
 def test_task_rejects_unknown_option():
     with pytest.raises(TypeError):
         task(lambda: None, not_an_option=True)
+
+
+# -- options declared once ------------------------------------------------------------------------
+@pytest.mark.parametrize("decorator, table", [(task, TASK_OPTIONS), (flow, FLOW_OPTIONS)])
+def test_typed_decorator_overload_lists_every_option_with_the_tables_default(decorator, table):
+    (keyword_overload,) = [o for o in typing.get_overloads(decorator) if len(inspect.signature(o).parameters) > 1]
+    listed = list(inspect.signature(keyword_overload).parameters.values())[1:]
+    assert [(p.name, p.kind, p.default) for p in listed] == [
+        (o.name, inspect.Parameter.KEYWORD_ONLY, o.in_decorator) for o in table
+    ]
+
+
+@pytest.mark.parametrize("decorator, table", [(task, TASK_OPTIONS), (flow, FLOW_OPTIONS)])
+def test_decorator_signature_shows_every_option_for_help_and_completion(decorator, table):
+    shown = inspect.signature(decorator).parameters
+    assert list(shown) == ["__fn", *(o.name for o in table)]
+    assert shown["retries"].default is None
+
+
+def test_an_unknown_option_is_rejected_when_the_decorator_runs_with_a_close_match():
+    with pytest.raises(TypeError) as info:
+        task(retry=3)  # before any function is decorated
+    assert str(info.value) == "task() got an unexpected keyword argument 'retry'. Did you mean 'retries'?"
+    with pytest.raises(TypeError, match="^flow\\(\\) got an unexpected keyword argument 'zzz'.$"):
+        flow(zzz=1)
+    with pytest.raises(TypeError, match="^Flow.with_options\\(\\) got an unexpected keyword argument 'tags'"):
+        flow(lambda: None).with_options(tags=["a"])
+
+
+@pytest.mark.parametrize("make", [task, flow])
+def test_hook_decorators_append_and_return_the_hook(make):
+    obj = make(lambda: None)
+    names = [o.name for o in (TASK_OPTIONS if make is task else FLOW_OPTIONS) if o.name.startswith("on_")]
+    for name in names:
+        def hook(*_):
+            pass
+
+        assert getattr(obj, name)(hook) is hook
+        assert getattr(obj, f"{name}_hooks") == [hook]
+    copy = obj.with_options()
+    copy.on_completion(print)
+    assert print not in obj.on_completion_hooks
+
+
+@pytest.mark.parametrize("make, kind", [(task, "task"), (flow, "flow")])
+@pytest.mark.parametrize("reserved", ["wait_for", "return_state"])
+def test_reserved_argument_names_are_rejected_for_tasks_and_flows(make, kind, reserved):
+    fn = eval(f"lambda {reserved}: None")
+    with pytest.raises(ReservedArgumentError, match=f"^'{reserved}' is a reserved argument name and cannot be used"):
+        make(fn)
+
+
+def test_a_method_view_is_made_without_validating_options_again(monkeypatch):
+    class Foo:
+        @task(retries=2)
+        def get(self):
+            return self
+
+    def no_revalidation(*_):
+        raise AssertionError("options validated again")
+
+    monkeypatch.setattr(TASK_OPTIONS, "apply", no_revalidation)
+    foo = Foo()
+    view = foo.get
+    assert view() is foo and view.retries == 2 and view.signature.first == (foo,)
+    assert Foo.__dict__["get"].signature.first == ()
 
 
 def test_prefect_only_options_are_accepted():

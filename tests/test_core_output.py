@@ -181,3 +181,111 @@ def test_capture_output_false_leaves_prints_on_stdout(capsys):
     assert "uncaptured" in capsys.readouterr().out
     run = last_flow_run().task_runs[0]
     assert run.output is None or "uncaptured" not in run.output.text()
+
+
+# -- the output buffer: the tail within the cap, at a constant cost per write ----------------------
+def _buffer():
+    from nbflow.logging import OutputBuffer
+
+    return OutputBuffer()
+
+
+def test_buffer_keeps_the_tail_within_the_cap_and_counts_what_it_dropped():
+    import nbflow.settings
+
+    nbflow.settings.current.max_output_chars = 100
+    buf = _buffer()
+    for i in range(1000):
+        buf.append("stdout", f"line {i:03d}\n")  # 9 characters each
+    assert buf.size == sum(len(t) for _, t in buf.chunks) <= 100
+    assert buf.size + buf.dropped == 9000
+    assert buf.chunks[-1] == ("stdout", "line 999\n") and len(buf) == 11
+    assert buf.text() == f"[... {buf.dropped} characters dropped ...]\n" + "".join(
+        f"line {i:03d}\n" for i in range(989, 1000)
+    )
+
+
+def test_a_chunk_longer_than_the_cap_keeps_its_tail():
+    import nbflow.settings
+
+    nbflow.settings.current.max_output_chars = 10
+    buf = _buffer()
+    buf.append("stdout", "12345")
+    buf.append("stderr", "0123456789abcdef")
+    assert buf.chunks == [("stderr", "6789abcdef")]
+    assert (buf.size, buf.dropped) == (10, 11)
+
+
+def test_buffer_pickles_and_keeps_working():
+    import pickle
+
+    import cloudpickle
+
+    buf = _buffer()
+    buf.append("stdout", "out\n")
+    buf.append("log", "record\n")
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        copy = pickle.loads(dumps(buf))
+        assert (copy.chunks, copy.size, copy.dropped) == (buf.chunks, buf.size, buf.dropped)
+        copy.append("stderr", "more\n")
+        assert copy.text() == "out\nrecord\nmore\n" and buf.text() == "out\nrecord\n"
+
+
+def test_one_print_is_one_chunk_of_exactly_what_it_printed():
+    @task
+    def talker():
+        print("a", "b", 3)
+        print("x", "y", sep="-", end="!\n")
+        sys.stdout.write("direct\n")
+
+    @flow
+    def f():
+        talker()
+
+    f()
+    assert last_flow_run().task_runs[0].output.chunks == [
+        ("stdout", "a b 3\n"), ("stdout", "x-y!\n"), ("stdout", "direct\n")
+    ]
+
+
+def test_the_work_of_a_print_does_not_grow_with_what_is_kept_or_was_printed():
+    import nbflow.settings
+
+    def calls_made_by(fn):
+        """Python and C calls made while fn runs (an operation count, not a time)."""
+        count = 0
+
+        def profile(frame, event, arg):
+            nonlocal count
+            count += event in ("call", "c_call")
+
+        sys.setprofile(profile)
+        try:
+            fn()
+        finally:
+            sys.setprofile(None)
+        return count
+
+    def probe():
+        return min(calls_made_by(lambda: print("line 9999999")) for _ in range(3))
+
+    def fill_past_the_cap(cap):
+        nbflow.settings.current.max_output_chars = cap
+        for i in range(2 * cap // 13 + 10):  # every print now lets the oldest line go
+            print(f"line {i:07d}")
+
+    @task
+    def chatty():
+        fill_past_the_cap(1_000)
+        small = probe()
+        fill_past_the_cap(100_000)  # a hundred times more kept, 20,000 lines printed
+        return small, probe()
+
+    @flow
+    def f():
+        return chatty()
+
+    small, large = f()
+    assert small == large
+    output = last_flow_run().task_runs[0].output
+    assert 99_000 < output.size <= 100_000 and output.text().endswith("line 9999999\n")

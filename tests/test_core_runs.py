@@ -9,6 +9,7 @@ import weakref
 
 import pytest
 
+import nbflow.events
 import nbflow.runs
 import nbflow.task_runners
 import nbflow.settings
@@ -138,7 +139,7 @@ def test_subscriber_that_raises_is_removed_and_runs_go_on():
 
     assert f() == 1
     assert len(calls) == 1
-    assert bad not in nbflow.runs._subscribers
+    assert bad not in nbflow.events.task_state and bad not in nbflow.events.flow_state
 
 
 def test_flow_run_records_task_runs_state_and_timing():
@@ -239,7 +240,7 @@ def test_old_flow_run_records_are_let_go_beyond_max_flow_runs():
 
 
 def test_no_subscriber_means_no_cost_and_same_behaviour():
-    nbflow.runs._subscribers = ()
+    nbflow.events.task_state = nbflow.events.flow_state = ()
 
     @flow
     def f():

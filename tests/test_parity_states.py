@@ -3,21 +3,33 @@ state a flow or task takes when it *returns* states (``states.return_value_to_st
 
 References (PrefectHQ/prefect): src/prefect/states.py (``_get_state_result``,
 ``get_state_exception``, ``return_value_to_state``, ``StateGroup``),
-src/prefect/client/schemas/objects.py (``State.__str__``), tests/test_states.py,
-tests/test_tasks.py (TestTaskStates, TestTaskTimeouts).
+src/prefect/client/schemas/objects.py (``State.__str__``), src/prefect/flow_engine.py
+(``FlowRunEngine.result``, ``begin_run``), src/prefect/task_engine.py (``handle_success``),
+tests/test_states.py, tests/test_tasks.py (TestTaskStates, TestTaskTimeouts,
+TestSubflowWaitForTasks). Every case below was run on Prefect 3.9.1.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from nbflow import flow, quote, task
-from nbflow.exceptions import FailedRun, UnfinishedRun
+import nbflow.runtime
+from nbflow import allow_failure, flow, quote, task
+from nbflow.exceptions import (
+    CancelledRun,
+    CrashedRun,
+    FailedRun,
+    ParameterBindError,
+    ParameterTypeError,
+    UnfinishedRun,
+)
+from nbflow.runs import last_flow_run
 from nbflow.states import (
     Cancelled,
     Completed,
     Crashed,
     Failed,
+    Paused,
     Pending,
     Running,
     State,
@@ -204,3 +216,389 @@ def test_task_returning_a_hand_made_failed_state_takes_it():
     assert state.is_failed()
     assert state.message == "Test returned state"
     assert state.result(raise_on_failure=False) is True
+
+
+# -- more of State.result() ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make, error, message",
+    [(Failed, FailedRun, "Run failed."), (Crashed, CrashedRun, "Run crashed."), (Cancelled, CancelledRun, "Run cancelled.")],
+)
+def test_a_state_with_no_data_and_no_message_raises_the_default_wrapper(make, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        make().result()
+    assert isinstance(make().result(raise_on_failure=False), error)
+
+
+def test_crashed_state_with_string_data_raises_crashed_run():
+    with pytest.raises(CrashedRun, match="^x$"):
+        Crashed(data="x").result()
+
+
+def test_failed_state_with_data_that_is_no_exception_raises_type_error():
+    with pytest.raises(TypeError, match="Unexpected result for failed state: 5 —— int cannot be resolved"):
+        Failed(data=5).result()
+    assert Failed(data=5).result(raise_on_failure=False) == 5
+
+
+def test_failed_state_holding_only_completed_states_raises_value_error():
+    with pytest.raises(ValueError, match="iterable of states but none were failed"):
+        Failed(data=[Completed(data="ok")]).result()
+
+
+def test_str_of_a_state_shows_the_type_when_the_name_differs():
+    assert str(Failed(message="bad")) == "Failed('bad')"
+    assert str(Pending(name="NotReady")) == "NotReady(type=PENDING)"
+    assert str(Cancelled(message="x")) == "Cancelled('x')"
+    assert str(Completed(data=1)) == "Completed()"
+
+
+# -- more of the state a flow takes from what it returns ---------------------------------------------
+def test_flow_returning_cancelled_and_failed_states_is_cancelled():
+    @flow
+    def f():
+        return [Completed(), Cancelled(message="stop"), Failed(message="x")]
+
+    state = f(return_state=True)
+    assert state.is_cancelled()
+    assert state.message == "1/3 states cancelled."
+    with pytest.raises(CancelledRun, match="^stop$"):
+        state.result()
+
+
+def test_flow_returning_crashed_states_counts_them_as_failed():
+    @flow
+    def f():
+        return [Completed(), Crashed()]
+
+    state = f(return_state=True)
+    assert state.is_failed()
+    assert state.message == "1/2 states failed."
+    with pytest.raises(CrashedRun, match="^Run crashed.$"):
+        state.result()
+
+
+def test_flow_returning_a_pending_state_is_failed_as_not_final():
+    @flow
+    def f():
+        return [Completed(), Pending()]
+
+    state = f(return_state=True)
+    assert state.is_failed()
+    assert state.message == "1/2 states are not final."
+    with pytest.raises(ValueError, match="none were failed"):
+        state.result()
+
+
+def test_flow_returning_a_paused_state_is_paused():
+    @flow
+    def f():
+        return [Completed(), Paused()]
+
+    state = f(return_state=True)
+    assert state.is_paused()
+    assert state.message == "1/2 states paused."
+
+
+def test_flow_returning_a_tuple_mixing_a_failed_state_and_a_value_is_completed():
+    failed = Failed(message="x")
+
+    @flow
+    def f():
+        return (failed, 1)
+
+    state = f(return_state=True)
+    assert state.is_completed()
+    assert state.message is None
+    assert state.result() == (failed, 1)
+    assert f() == (failed, 1)
+
+
+def test_flow_returning_a_failed_future_next_to_a_value_is_completed():
+    @flow
+    def f():
+        return (boom.submit(), 1)
+
+    state = f(return_state=True)
+    assert state.is_completed()
+    returned, value = state.result()
+    assert returned.is_failed() and value == 1
+
+
+def test_flow_returning_a_dict_of_states_is_completed():
+    @flow
+    def f():
+        return {"a": Failed()}
+
+    assert f(return_state=True).is_completed()
+
+
+def test_flow_returning_an_empty_list_is_completed_with_it():
+    @flow
+    def f():
+        return []
+
+    state = f(return_state=True)
+    assert state.is_completed() and state.message is None
+    assert f() == []
+
+
+def test_flow_returning_a_failed_task_state_keeps_it_as_its_result():
+    @flow
+    def f():
+        return boom(return_state=True)
+
+    state = f(return_state=True)
+    assert state.is_failed()
+    assert state.message == "1/1 states failed."
+    inner = state.result(raise_on_failure=False)
+    assert isinstance(inner, State) and inner.is_failed()
+    with pytest.raises(ValueError, match="Fail task!"):
+        f()
+
+
+def test_flow_returning_a_completed_task_state_returns_that_state():
+    @flow
+    def f():
+        return ok(return_state=True)
+
+    state = f(return_state=True)
+    assert state.message == "All states completed."
+    returned = f()
+    assert isinstance(returned, State) and returned.result() == 1
+
+
+def test_flow_call_returns_the_returned_states_even_when_one_failed():
+    # FlowRunEngine.result: a returned value that is not a State is handed back as is.
+    @flow
+    def f():
+        a = boom.submit()
+        return a, downstream.submit(a), ok.submit()
+
+    a, b, c = f()
+    assert a.is_failed() and b.name == "NotReady" and c.result() == 1
+
+
+def test_flow_returning_a_hand_made_failed_state_takes_it_and_raises():
+    @flow
+    def f():
+        return Failed(message="hand")
+
+    state = f(return_state=True)
+    assert state.is_failed() and state.message == "hand"
+    with pytest.raises(FailedRun, match="^hand$"):
+        f()
+
+
+def test_flow_returning_a_hand_made_completed_state_gives_its_data():
+    @flow
+    def f():
+        return Completed(data=5)
+
+    assert f() == 5
+
+
+def test_flow_returning_a_subflow_state_aggregates_it():
+    @flow
+    def child():
+        return 2
+
+    @flow
+    def parent():
+        return child(return_state=True)
+
+    state = parent(return_state=True)
+    assert state.is_completed()
+    assert state.message == "All states completed."
+    assert state.result().result() == 2
+
+
+# -- tasks returning states ------------------------------------------------------------------
+def test_task_returning_cancelled_states_is_cancelled():
+    @task
+    def t():
+        return [Completed(), Cancelled()]
+
+    @flow
+    def f():
+        state = t(return_state=True)
+        with pytest.raises(CancelledRun, match="^Run cancelled.$"):
+            t.submit().result()
+        return state, t.submit().result(raise_on_failure=False)
+
+    state, returned = f()
+    assert state.is_cancelled() and state.message == "1/2 states cancelled."
+    assert [s.type for s in returned] == [StateType.COMPLETED, StateType.CANCELLED]
+
+
+def test_task_returning_a_tuple_mixing_a_failed_state_and_a_value_is_completed():
+    @task
+    def t():
+        return (Failed(message="x"), 1)
+
+    state = t(return_state=True)
+    assert state.is_completed()
+    assert state.result()[1] == 1
+
+
+def test_task_returning_a_task_state_aggregates_it():
+    @task
+    def t():
+        return ok(return_state=True)
+
+    state = t(return_state=True)
+    assert state.message == "All states completed."
+    assert state.result().result() == 1
+
+
+def test_task_returning_a_hand_made_failed_state_raises_type_error_for_data_that_is_no_exception():
+    @task
+    def t():
+        return State(type=StateType.FAILED, message="Test returned state", data=True)
+
+    @flow
+    def f():
+        with pytest.raises(TypeError, match="bool cannot be resolved into an exception"):
+            t.submit().result()
+        return t.submit().result(raise_on_failure=False)
+
+    assert f() is True
+
+
+def test_task_returning_a_failed_state_is_retried():
+    attempts = []
+
+    @task(retries=2)
+    def t():
+        attempts.append(1)
+        return Failed(message=f"attempt {len(attempts)}")
+
+    state = t(return_state=True)
+    assert state.is_failed() and state.message == "attempt 3"
+    assert len(attempts) == 3
+
+
+def test_task_returning_a_generator_has_its_items_as_a_list():
+    @task
+    def t():
+        return (i for i in range(3))
+
+    assert t(return_state=True).result() == [0, 1, 2]
+
+
+# -- subflows: wait_for ----------------------------------------------------------------------
+@flow
+def child(y):
+    return y
+
+
+def test_subflow_waiting_for_a_failed_state_is_not_ready():
+    @flow
+    def parent():
+        return child(1, wait_for=[Failed()], return_state=True)
+
+    state = parent(return_state=True).result(raise_on_failure=False)
+    assert state.is_pending() and state.name == "NotReady"
+
+
+@pytest.mark.parametrize("make", [Cancelled, Crashed])
+def test_subflow_allow_failure_does_not_let_cancelled_or_crashed_upstreams_through(make):
+    @flow
+    def parent():
+        return child(1, wait_for=[allow_failure(make())], return_state=True)
+
+    state = parent(return_state=True).result(raise_on_failure=False)
+    assert state.name == "NotReady"
+
+
+@pytest.mark.parametrize(
+    "wait_for",
+    [
+        lambda: [allow_failure(Failed())],
+        lambda: [[allow_failure(boom.submit())]],
+        lambda: [allow_failure([boom.submit()])],
+    ],
+    ids=["failed-state", "nested-in-a-list", "around-a-list"],
+)
+def test_subflow_wait_for_allow_failure_forms_run(wait_for):
+    @flow
+    def parent():
+        return child(1, wait_for=wait_for(), return_state=True)
+
+    assert parent(return_state=True).result(raise_on_failure=False).result() == 1
+
+
+def test_subflow_not_ready_call_raises_unfinished_run_and_its_parent_fails():
+    @flow
+    def parent():
+        bad = boom.submit()
+        with pytest.raises(UnfinishedRun, match="Run is in PENDING state"):
+            child(2, wait_for=[bad])
+        return child(2, wait_for=[bad], return_state=True)
+
+    state = parent(return_state=True)
+    assert state.is_failed()
+    assert state.message == "1/1 states are not final."
+    with pytest.raises(ValueError, match="Expected failed or crashed state got NotReady"):
+        parent()
+
+
+# -- runtime.flow_run ------------------------------------------------------------------------
+def test_runtime_root_flow_run_id_and_version_reach_tasks():
+    @task
+    def read():
+        run = nbflow.runtime.flow_run
+        return run.flow_version, run.root_flow_run_id, run.parent_flow_run_id
+
+    @flow(version="v2")
+    def inner():
+        return read()
+
+    @flow
+    def outer():
+        return nbflow.runtime.flow_run.id, nbflow.runtime.flow_run.root_flow_run_id, inner()
+
+    outer_id, own_root, (version, root, parent) = outer()
+    assert version == "v2"
+    assert isinstance(root, str) and root == own_root == outer_id == parent
+
+
+def test_runtime_flow_run_fields_outside_a_run_are_none():
+    assert nbflow.runtime.flow_run.flow_version is None
+    assert nbflow.runtime.flow_run.root_flow_run_id is None
+    assert nbflow.runtime.flow_run.get_root_flow_run_id() is None
+
+
+# -- invalid parameters ----------------------------------------------------------------------
+def test_invalid_flow_parameters_with_return_state_give_a_failed_state():
+    calls = []
+
+    def hook(fl, flow_run, state):
+        calls.append(state.name)
+
+    @flow(on_failure=[hook], on_running=[hook], retries=2)
+    def typed(x: int):
+        return x
+
+    state = typed("not an int", return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(
+        "Validation of flow parameters failed with error: ParameterTypeError: "
+    )
+    with pytest.raises(ParameterTypeError):
+        state.result()
+    assert isinstance(state.result(raise_on_failure=False), ParameterTypeError)
+    with pytest.raises(ParameterTypeError):
+        typed("not an int")
+    assert calls == ["Failed", "Failed"]  # on_failure each time; never running, never retried
+    run = last_flow_run()
+    assert run.state.is_failed() and run.parameters == {"x": "not an int"}
+    assert run.run_count == 0
+
+
+def test_unbindable_flow_arguments_raise_even_with_return_state():
+    @flow
+    def typed(x: int):
+        return x
+
+    with pytest.raises(ParameterBindError):
+        typed(1, 2, return_state=True)

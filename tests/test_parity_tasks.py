@@ -10,6 +10,8 @@ TestNestedTasks), src/prefect/tasks.py, src/prefect/task_engine.py
 from __future__ import annotations
 
 import datetime
+import inspect
+import re
 import threading
 from unittest.mock import MagicMock
 
@@ -77,6 +79,83 @@ def test_bind_error_for_missing_argument_uses_inspect_wording():
         add(42, x=42)
 
 
+def test_task_run_name_that_is_neither_str_nor_callable_is_rejected_with_prefects_words():
+    with pytest.raises(TypeError) as info:
+        task(task_run_name=42)(lambda: None)
+    assert str(info.value) == "Expected string or callable for 'task_run_name'; got int instead."
+
+
+def test_retry_condition_fn_message_matches_prefect():
+    with pytest.raises(TypeError) as info:
+        task(retry_condition_fn="not a callable")(lambda: None)
+    assert str(info.value) == "Expected `retry_condition_fn` to be callable, got str instead."
+
+
+@pytest.mark.parametrize("delays", ["5", (1, 2)])
+def test_retry_delay_seconds_of_another_type_is_rejected(delays):
+    # a tuple is rejected too: Prefect accepts int, float, list or a callable
+    with pytest.raises(TypeError) as info:
+        task(retry_delay_seconds=delays)(lambda: None)
+    assert str(info.value) == (
+        "Invalid `retry_delay_seconds` provided; must be an int, float, list or callable. "
+        f"Received type {type(delays)}"
+    )
+
+
+def test_more_than_fifty_retry_delays_are_rejected_from_a_list_or_a_callable():
+    for delays in ([1] * 51, lambda retries: [1] * 51):
+        with pytest.raises(ValueError, match="^Can not configure more than 50 retry delays per task.$"):
+            task(retries=2, retry_delay_seconds=delays)(lambda: None)
+    assert len(task(retry_delay_seconds=[1] * 50)(lambda: None).retry_delay_seconds) == 50
+
+
+def test_a_retry_delay_callable_is_called_once_with_the_retries():
+    calls = []
+
+    def backoff(retries):
+        calls.append(retries)
+        return [2**r for r in range(retries)]
+
+    t = task(retries=3, retry_delay_seconds=backoff)(lambda: None)
+    assert t.retry_delay_seconds == [1, 2, 4]
+    # with_options carries the computed list, as Prefect does
+    assert t.with_options(retries=5).retry_delay_seconds == [1, 2, 4]
+    assert calls == [3]
+
+
+def test_negative_retry_jitter_factor_is_rejected():
+    with pytest.raises(ValueError, match="^`retry_jitter_factor` must be >= 0.$"):
+        task(retry_jitter_factor=-1)(lambda: None)
+    assert task(retry_jitter_factor=0)(lambda: None).retry_jitter_factor == 0
+
+
+def test_hook_errors_show_the_decorator_to_write():
+    def hook(*_):
+        pass
+
+    with pytest.raises(TypeError) as info:
+        task(on_running=hook)(lambda: None)
+    assert str(info.value) == (
+        "Expected iterable for 'on_running'; got function instead. Please provide a list of hooks to "
+        "'on_running':\n\n@task(on_running=[hook1, hook2])\ndef my_task():\n\tpass"
+    )
+    with pytest.raises(TypeError, match="^Expected callables in 'on_completion'; got str instead"):
+        task(on_completion="abc")(lambda: None)  # a string is iterable: its characters are not hooks
+
+
+def test_result_storage_object_that_is_not_a_saved_block_is_rejected():
+    with pytest.raises(TypeError, match="^Result storage configuration must be persisted server-side."):
+        task(result_storage=object())(lambda: None)
+    assert task(result_storage="local-file-system/my-storage")(lambda: None).result_storage == (
+        "local-file-system/my-storage"
+    )
+
+
+def test_callable_argument_that_is_not_callable_is_rejected():
+    with pytest.raises(TypeError, match="'fn' must be callable"):
+        task(5)
+
+
 # -- options are attributes, with_options copies them ----------------------------------------
 def test_version_is_an_attribute():
     @task(version="test-dev")
@@ -140,6 +219,88 @@ def test_tags_are_a_mutable_set_copied_by_with_options():
     assert u.tags == {"tag1", "tag2"}
 
 
+def test_every_option_is_an_attribute_with_prefects_default():
+    # values printed by Prefect 3.9.1 for a bare @task; cache_policy is NotSet until caching policies land
+    from nbflow.options import NotSet
+
+    @task
+    def t(x):
+        return x
+
+    expected = dict(
+        name="t", description=None, tags=set(), version=None, cache_key_fn=None, cache_expiration=None,
+        refresh_cache=None, persist_result=None, result_storage=None, result_serializer=None,
+        result_storage_key=None, cache_result_in_memory=True, task_run_name=None, retries=0,
+        retry_delay_seconds=0, retry_jitter_factor=None, retry_condition_fn=None, timeout_seconds=None,
+        log_prints=None, on_completion_hooks=[], on_failure_hooks=[], on_running_hooks=[],
+        viz_return_value=None, isasync=False,
+    )
+    assert {name: getattr(t, name) for name in expected} == expected
+    assert type(t.tags) is set and type(t.retries) is int and t.cache_policy is NotSet
+    assert t.fn.__name__ == "t" and re.fullmatch(r"t-[0-9a-f]{8}", t.task_key)
+    assert Task(fn=lambda: None).log_prints is False  # Task() opts out; @task inherits the flow's
+
+
+def test_values_are_normalised_as_prefect_does():
+    t = task(name="", tags="ab", retries=-1, timeout_seconds="5")(lambda: None)
+    assert (t.name, t.tags, t.retries, t.timeout_seconds) == ("<lambda>", {"a", "b"}, -1, 5.0)
+    assert task(timeout_seconds=0)(lambda: None).timeout_seconds is None
+    assert task(on_failure=(print,))(lambda: None).on_failure_hooks == [print]
+
+
+def test_a_cache_key_or_result_location_turns_result_persistence_on():
+    for options in ({"cache_key_fn": lambda c, p: "k"}, {"result_storage_key": "k"},
+                    {"result_serializer": "json"}, {"result_storage": "local-file-system/x"}):
+        assert task(**options)(lambda: None).persist_result is True, options
+    assert task(persist_result=False, cache_key_fn=lambda c, p: "k")(lambda: None).persist_result is False
+    # with_options carries what the user gave, so dropping the storage key drops the implied persistence
+    keyed = task(result_storage_key="k")(lambda: None)
+    assert keyed.with_options(name="other").persist_result is True
+    assert keyed.with_options(result_storage_key=None).persist_result is None
+
+
+def test_with_options_keeps_the_current_value_for_empty_or_none_as_prefect_does():
+    def hook(*_):
+        pass
+
+    def key(*_):
+        return "k"
+
+    t = task(name="orig", description="d", tags=["a"], retries=2, retry_delay_seconds=[1, 2],
+             timeout_seconds=5, cache_key_fn=key, on_completion=[hook], retry_condition_fn=key,
+             log_prints=True, version="v1", retry_jitter_factor=0.5, task_run_name="n", refresh_cache=True,
+             cache_expiration=datetime.timedelta(1), viz_return_value=3)(lambda x: x)
+    u = t.with_options(name="", description="", tags=None, retries=None, timeout_seconds=None,
+                       cache_key_fn=None, on_completion=[], retry_condition_fn=None, log_prints=None,
+                       task_run_name=None, retry_jitter_factor=None, refresh_cache=None,
+                       cache_expiration=None, viz_return_value=None, retry_delay_seconds=None)
+    # printed by Prefect 3.9.1 for the same calls
+    assert (u.name, u.description, u.tags, u.timeout_seconds, u.cache_key_fn, u.on_completion_hooks) == (
+        "orig", "d", {"a"}, 5.0, key, [hook])
+    assert (u.retry_condition_fn, u.version, u.cache_expiration, u.viz_return_value) == (
+        key, "v1", datetime.timedelta(1), 3)
+    assert (u.retries, u.retry_delay_seconds, u.log_prints, u.task_run_name) == (0, 0, None, None)
+    assert (u.retry_jitter_factor, u.refresh_cache, u.persist_result) == (None, None, True)
+    assert t.with_options().on_completion_hooks is not t.on_completion_hooks
+
+
+def test_with_options_takes_every_option_but_version():
+    t = task(lambda: None)
+    with pytest.raises(TypeError, match="^Task.with_options\\(\\) got an unexpected keyword argument 'version'"):
+        t.with_options(version="2")
+    with pytest.raises(TypeError, match="^Task.__init__\\(\\) got an unexpected keyword argument 'foo'"):
+        Task(lambda: None, foo=1)
+
+
+def test_a_task_has_its_functions_name_doc_and_signature():
+    def fn(x: int, y=2):
+        """Doc."""
+
+    t = task(fn)
+    assert (t.__name__, t.__doc__, t.__wrapped__, t.description) == ("fn", "Doc.", fn, "Doc.")
+    assert str(inspect.signature(t)) == "(x: 'int', y=2)"
+
+
 # -- tasks as methods --------------------------------------------------------------------------
 def test_instance_method_task_gets_the_instance_itself():
     class Foo:
@@ -177,10 +338,29 @@ def test_staticmethod_applied_on_top_of_task():
     assert isinstance(Foo.static_method, Task)
 
 
-@pytest.mark.parametrize("kind", ["classmethod", "staticmethod"])
-def test_task_applied_on_top_of_classmethod_or_staticmethod_is_rejected(kind):
-    with pytest.raises(TypeError, match=f"@{kind} should be applied on top of @task"):
-        task({"classmethod": classmethod, "staticmethod": staticmethod}[kind](lambda: None))
+def test_task_applied_on_top_of_classmethod_or_staticmethod_works():
+    # Prefect 3.9.1 unwraps them (older versions raised "@classmethod should be applied on top of @task")
+    class Foo:
+        @task
+        @classmethod
+        def class_method(cls, a):
+            return cls.__name__, a, dict(nbflow.runtime.task_run.parameters)
+
+        @task
+        @staticmethod
+        def static_method(a):
+            return a, dict(nbflow.runtime.task_run.parameters)
+
+    class Sub(Foo):
+        pass
+
+    assert Foo.class_method(1) == ("Foo", 1, {"cls": Foo, "a": 1})
+    assert Foo().class_method(2) == ("Foo", 2, {"cls": Foo, "a": 2})
+    assert Sub.class_method(3)[0] == "Sub"
+    assert Foo.static_method(4) == Foo().static_method(4) == (4, {"a": 4})
+    assert isinstance(Foo.class_method, Task) and Foo.class_method.isclassmethod
+    assert isinstance(Foo.static_method, Task) and Foo.static_method.isstaticmethod
+    assert Foo.class_method.name == "class_method"
 
 
 def test_bound_method_parameters_include_self():
@@ -202,6 +382,72 @@ def test_bound_method_parameters_include_self():
     f1 = Foo(1)
     assert f1.add(5) == 6
     assert seen == [dict(self=f1, a=5)]
+
+
+def test_method_task_run_name_can_use_attributes_of_self():
+    class Model:
+        def __init__(self, label):
+            self.label = label
+
+        @task(task_run_name="fit-{self.label}-{n}")
+        def fit(self, n):
+            return nbflow.runtime.task_run.name
+
+    assert Model("small").fit(3) == "fit-small-3"
+
+
+def test_method_tasks_submit_and_map_with_self_among_the_parameters():
+    class Counter:
+        def __init__(self, start):
+            self.start = start
+
+        @task
+        def add(self, a):
+            return self.start + a, sorted(nbflow.runtime.task_run.parameters)
+
+    counter = Counter(10)
+
+    @flow
+    def f():
+        return counter.add.submit(1).result(), counter.add.map([1, 2]).result()
+
+    single, mapped = f()
+    assert single == (11, ["a", "self"])
+    assert mapped == [(11, ["a", "self"]), (12, ["a", "self"])]
+
+
+def test_each_instance_keeps_its_own_bound_task():
+    # Prefect 3.9.1 stores the instance on the shared function, so a view taken earlier
+    # runs with the instance accessed last; nbflow keeps each view's own instance.
+    class Foo:
+        def __init__(self, x):
+            self.x = x
+
+        @task
+        def get(self):
+            return self.x
+
+    a_get, b_get = Foo(1).get, Foo(2).get
+    assert (a_get(), b_get()) == (1, 2)
+    assert Foo.get is Foo.__dict__["get"] and Foo.get(Foo(3)) == 3  # unbound: self passed explicitly
+    assert a_get.fn is Foo.get.fn and a_get.ismethod and not Foo.get.ismethod
+
+
+def test_a_bound_task_keeps_its_instance_through_with_options():
+    class Foo:
+        x = 5
+
+        @task
+        def get(self, y):
+            return self.x + y
+
+        @task
+        @classmethod
+        def name_of(cls):
+            return cls.__name__
+
+    assert Foo().get.with_options(retries=1)(1) == 6
+    assert Foo.name_of.with_options(name="other")() == "Foo"
 
 
 # -- callable objects ---------------------------------------------------------------------------

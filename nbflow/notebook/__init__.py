@@ -26,14 +26,16 @@ if TYPE_CHECKING:
     from nbflow.notebook.dag import Dag
     from nbflow.notebook.reprs import RunsTable
     from nbflow.notebook.widget import RunView
-    from nbflow.runs import FlowRun
+    from nbflow.records import FlowRun
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbflow``: magics, live views, output routing, awaitable ``%%flow`` cells."""
+    from nbflow.notebook import reprs
     from nbflow.notebook import session as sessions
     from nbflow.notebook.magics import NbflowMagics, flow_cell_transformer
 
+    reprs.register(ipython)
     session = sessions.NotebookSession(ipython)
     sessions.install(session)
     ipython.register_magics(NbflowMagics(ipython, session))
@@ -45,10 +47,12 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext nbflow``: remove everything loading added (``%reload_ext`` works)."""
+    from nbflow.notebook import reprs
     from nbflow.notebook import session as sessions
     from nbflow.notebook.magics import flow_cell_transformer
 
     sessions.uninstall()
+    reprs.unregister(ipython)
     cleanup = ipython.input_transformers_cleanup
     while flow_cell_transformer in cleanup:
         cleanup.remove(flow_cell_transformer)
@@ -59,7 +63,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def _run(run: "FlowRun | str | int | None") -> "FlowRun":
-    from nbflow.runs import FlowRun, find_flow_run, last_flow_run
+    from nbflow.records import FlowRun, find_flow_run, last_flow_run
 
     if isinstance(run, FlowRun):
         return run
@@ -79,9 +83,8 @@ def view(run: "FlowRun | str | int | None" = None) -> "RunView":
 def dag_of(run: "FlowRun | str | int | None" = None) -> "Dag":
     """The DAG of a flow run (``.svg()``, ``.source``, ``.save(path)``), as it is now."""
     from nbflow.notebook.dag import Dag
-    from nbflow.notebook.viewmodel import root_of
-
-    return Dag.from_flow_run(root_of(_run(run)))
+    
+    return Dag.from_flow_run(_run(run).root)
 
 
 def runs(limit: int = 20) -> "RunsTable":

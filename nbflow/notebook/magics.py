@@ -35,8 +35,7 @@ from nbflow.exceptions import CancelledRun
 from nbflow.flows import Flow, cancel_flow_run
 from nbflow.notebook import output, session as sessions
 from nbflow.notebook.session import CellOptions, NotebookSession, settings
-from nbflow.notebook.viewmodel import root_of
-from nbflow.runs import FlowRun, find_flow_run, last_flow_run
+from nbflow.records import FlowRun, find_flow_run, last_flow_run
 from nbflow.timeouts import interrupt_thread
 
 RUNNERS = ("thread", "process", "dask", "ray")
@@ -329,7 +328,7 @@ class NbflowMagics(Magics):
                 print(f"nbflow: live run views {'on' if settings.auto_view else 'off'}")
                 return None
             return self.session.view(_find_run(args.target))
-        dag = Dag.from_flow_run(root_of(_find_run(args.target)))
+        dag = Dag.from_flow_run(_find_run(args.target).root)
         if args.save:
             try:
                 path = dag.save(args.save)

@@ -2,11 +2,11 @@
 
 ipykernel sends a thread's output to the cell that is executing *now*, so a
 pool thread printing after its cell finished writes into a later cell. The
-core captures each task run's output and hands it to an echo hook
-(:func:`nbflow.logging.set_echo`); the :class:`OutputRouter` installed here
-echoes it under the parent message of the cell that started the run's flow
-(``set_thread_parent``, ipykernel >= 7.4), so it lands there whichever
-thread printed it and whenever. Where the kernel lacks that call, the output
+core captures each task run's output and publishes it as ``output`` and
+``log`` events; the :class:`OutputRouter` installed here subscribes to them
+in place of the core's console echo and writes each chunk under the parent
+message of the cell that started the run's flow (``set_thread_parent``,
+ipykernel >= 7.4), so it lands there whichever thread printed it and whenever. Where the kernel lacks that call, the output
 goes to the run view's output area instead.
 """
 
@@ -17,11 +17,9 @@ import contextlib
 import threading
 from typing import Any, Callable, Iterator
 
+from nbflow import events
 from nbflow import logging as nb_logging
-from nbflow.notebook.viewmodel import root_of
-from nbflow.runs import FlowRun, TaskRun
-
-Echo = Callable[[Any, str, str], None]
+from nbflow.records import FlowRun, TaskRun
 
 
 def can_route(shell: Any) -> bool:
@@ -48,7 +46,7 @@ def thread_parent(shell: Any, parent: Any) -> Iterator[None]:
 
 
 class OutputRouter:
-    """The echo hook: routes a task run's output to the cell that started its flow.
+    """A subscriber to output events: routes a task run's output to the cell that started its flow.
 
     ``fallback(root_flow_run, stream, text)`` is tried when the kernel cannot
     route by parent (it returns True if it took the text, e.g. into a view).
@@ -60,7 +58,7 @@ class OutputRouter:
         self._parents: collections.OrderedDict[FlowRun, Any] = collections.OrderedDict()
         self._keep = keep
         self._lock = threading.Lock()
-        self._previous: Echo | None = None
+        self._subscription: events.Subscription | None = None
 
     def remember(self, flow_run: FlowRun, parent: Any) -> None:
         """Route the output of ``flow_run``'s task runs (and its subflows') to ``parent``'s cell."""
@@ -70,30 +68,30 @@ class OutputRouter:
                 self._parents.popitem(last=False)
 
     def install(self) -> None:
-        """Become nbflow's echo hook (the previous hook does the writing)."""
-        if self._previous is None:
-            self._previous = nb_logging.set_echo(self)
+        """Take over from the core's console echo."""
+        if self._subscription is None:
+            self._subscription = events.subscribe(self, ("output", "log"))
+            nb_logging.console_echo(False)
 
     def uninstall(self) -> None:
-        """Give the echo back to the previous hook."""
-        if self._previous is not None:
-            nb_logging.set_echo(self._previous)
-            self._previous = None
+        """Give the echo back to the core."""
+        if self._subscription is not None:
+            self._subscription.unsubscribe()
+            self._subscription = None
+            nb_logging.console_echo(True)
 
-    def __call__(self, run: Any, stream: str, text: str) -> None:
-        previous = self._previous
-        if previous is None:  # called after uninstall by a straggler
-            return
+    def __call__(self, event: events.OutputEvent) -> None:
+        run = event.run
         flow_run = run.flow_run if isinstance(run, TaskRun) else run
-        root = root_of(flow_run) if flow_run is not None else None
+        root = flow_run.root if flow_run is not None else None
         parent = self._parents.get(root) if root is not None else None
         if parent is not None and can_route(self.shell):
             with thread_parent(self.shell, parent):
-                previous(run, stream, text)
+                nb_logging.echo_to_console(event)
             return
-        if root is not None and self.fallback is not None and stream != "log" and self.fallback(root, stream, text):
+        if root is not None and self.fallback is not None and event.kind == "output" and self.fallback(root, event.stream, event.text):
             return
-        previous(run, stream, text)
+        nb_logging.echo_to_console(event)
 
 
 __all__ = ["OutputRouter", "can_route", "current_parent", "thread_parent"]

@@ -31,7 +31,8 @@ from nbflow.notebook.viewmodel import (
     state_code,
     summarize,
 )
-from nbflow.runs import FlowRun, TaskRun, flow_runs
+from nbflow.futures import PrefectFuture, PrefectFutureList
+from nbflow.records import FlowRun, TaskRun, flow_runs
 from nbflow.states import State
 
 FONT = "font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;font-size:13px;line-height:1.45"
@@ -301,6 +302,28 @@ def flow_run_html(flow_run: FlowRun) -> str:
 
 
 # -- the table of recent runs ------------------------------------------------------------------
+def html_of(value: Any) -> str | None:
+    """The HTML picture of a future, future list, state, task run or flow run (None for anything else)."""
+    for kind, draw in _DRAWERS:
+        if isinstance(value, kind):
+            return draw(value)
+    return None
+
+
+def register(ipython: Any) -> None:
+    """Show nbflow's objects as HTML in this shell (IPython's ``text/html`` formatter)."""
+    formatter = ipython.display_formatter.formatters["text/html"]
+    for kind, draw in _DRAWERS:
+        formatter.for_type(kind, draw)
+
+
+def unregister(ipython: Any) -> None:
+    """Undo :func:`register`."""
+    formatter = ipython.display_formatter.formatters["text/html"]
+    for kind, _ in _DRAWERS:
+        formatter.type_printers.pop(kind, None)
+
+
 class RunsTable:
     """Recent top-level flow runs (newest first): name, state, counts per state, duration."""
 
@@ -352,6 +375,16 @@ class RunsTable:
         return "\n".join(lines)
 
 
+# Most specific first: a PrefectFutureList is a list, a RemoteState a State.
+_DRAWERS: tuple[tuple[type, Any], ...] = (
+    (PrefectFutureList, future_list_html),
+    (PrefectFuture, future_html),
+    (State, state_html),
+    (TaskRun, task_run_html),
+    (FlowRun, flow_run_html),
+)
+
+
 __all__ = [
     "RunsTable",
     "badge",
@@ -364,9 +397,13 @@ __all__ = [
     "grid_img",
     "grids_html",
     "header_html",
+    "html_of",
+    "register",
     "run_html",
     "run_text",
     "state_html",
     "task_run_html",
+    "unregister",
     "value_html",
 ]
+

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from nbflow.notebook import output
-from nbflow.notebook.viewmodel import RunModel, Tracker, root_of
-from nbflow.runs import FlowRun
+from nbflow.notebook.viewmodel import RunModel, Tracker
+from nbflow.records import FlowRun
 from nbflow.states import State, StateType
 
 
@@ -186,7 +186,7 @@ class NotebookSession:
     # -- views on request --------------------------------------------------------------------
     def view(self, flow_run: FlowRun) -> Any:
         """The run view of ``flow_run``'s top-level run (live if it still runs)."""
-        root = root_of(flow_run)
+        root = flow_run.root
         live = self.live.get(root)
         if live is None:
             live = self._watch(root, None, auto_display=False, cancel=None)

@@ -23,8 +23,8 @@ import threading
 import traceback
 from typing import Any, Callable, Iterable, NamedTuple
 
-from nbflow import runs as _runs
-from nbflow.runs import FlowRun, RunEvent, TaskRun
+from nbflow import events
+from nbflow.records import FlowRun, TaskRun
 from nbflow.states import State, StateType
 
 logger = logging.getLogger("nbflow.notebook")
@@ -108,13 +108,6 @@ _TASK_OF = operator.attrgetter("task")
 def category(state: State) -> Category:
     """The category a state is shown in."""
     return CATEGORIES[state_code(state)]
-
-
-def root_of(flow_run: FlowRun) -> FlowRun:
-    """The top-level flow run a (sub)flow run belongs to."""
-    while flow_run.parent is not None:
-        flow_run = flow_run.parent
-    return flow_run
 
 
 def counts_dict(counts: Iterable[int]) -> dict[str, int]:
@@ -422,12 +415,12 @@ class Tracker:
         self._models: collections.OrderedDict[FlowRun, RunModel] = collections.OrderedDict()
         self._keep = keep
         self._lock = threading.Lock()
-        self._subscription: _runs.Subscription | None = None
+        self._subscription: events.Subscription | None = None
 
     def start(self) -> None:
         """Subscribe to nbflow's flow-run events."""
         if self._subscription is None:
-            self._subscription = _runs.subscribe(self, task_runs=False)
+            self._subscription = events.subscribe(self, "flow-state")
 
     def stop(self) -> None:
         """Unsubscribe."""
@@ -437,11 +430,11 @@ class Tracker:
 
     def model(self, flow_run: FlowRun) -> RunModel | None:
         """The model of ``flow_run``'s top-level run, if one is kept."""
-        return self._models.get(root_of(flow_run))
+        return self._models.get(flow_run.root)
 
     def track(self, flow_run: FlowRun) -> RunModel:
         """The model of ``flow_run``'s top-level run (made from its records if new); recent ones are kept."""
-        root = root_of(flow_run)
+        root = flow_run.root
         with self._lock:
             model = self._models.get(root)
             if model is None:
@@ -453,11 +446,9 @@ class Tracker:
                     del self._models[oldest]
             return model
 
-    def __call__(self, event: RunEvent) -> None:
-        kind, run, state, _, _ = event
-        if kind != "state" or not isinstance(run, FlowRun) or run.parent is not None or state is None:
-            return
-        if self.on_flow_state is None:
+    def __call__(self, event: events.StateEvent) -> None:
+        run, state = event.run, event.state
+        if run.parent is not None or self.on_flow_state is None:
             return
         try:
             self.on_flow_state(run, state)
@@ -475,7 +466,6 @@ __all__ = [
     "category",
     "counts_dict",
     "format_exception",
-    "root_of",
     "run_exception",
     "short_repr",
     "state_code",

@@ -40,7 +40,7 @@ from nbflow.notebook.viewmodel import (
     counts_dict,
     state_code,
 )
-from nbflow.runs import TaskRun
+from nbflow.records import TaskRun
 
 logger = logging.getLogger("nbflow.notebook")
 

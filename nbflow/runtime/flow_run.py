@@ -1,6 +1,9 @@
-"""The current flow run: ``id``, ``name``, ``flow_name``, ``parameters``, ``run_count``, ``tags``, ``parent_flow_run_id``.
+"""The current flow run: ``id``, ``name``, ``flow_name``, ``flow_version``, ``parameters``,
+``run_count``, ``tags``, ``parent_flow_run_id``, ``root_flow_run_id``.
 
-Each is also readable as a function, ``get_name()`` etc., as in Prefect.
+Each is also readable as a function, ``get_name()`` etc., as in Prefect. Ids
+are strings, as in Prefect; ``root_flow_run_id`` is the id of the top-level
+flow run (the run's own id when it is not a subflow).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ _FIELDS = {
     "id": lambda run: str(run.id),
     "name": lambda run: run.name,
     "flow_name": lambda run: run.flow_name,
+    "flow_version": lambda run: run.flow.version,
     "parameters": lambda run: dict(run.parameters),
     "run_count": lambda run: run.run_count,
     "tags": lambda run: sorted(run.tags),
     "parent_flow_run_id": lambda run: str(run.parent.id) if run.parent is not None else None,
+    "root_flow_run_id": lambda run: str(run.root.id),
 }
 
 

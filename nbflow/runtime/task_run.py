@@ -14,7 +14,7 @@ _FIELDS = {
     "id": lambda run: str(run.id),
     "name": lambda run: run.name,
     "task_name": lambda run: run.task.name,
-    "parameters": lambda run: dict(run._inputs if run._inputs is not None else run.parameters),
+    "parameters": lambda run: dict(run.current_parameters),
     "run_count": lambda run: run.run_count,
     "tags": lambda run: sorted(run.tags),
     "map_index": lambda run: run.map_index,

@@ -37,7 +37,7 @@ def test_futures_and_future_lists_escape_names_results_and_errors():
         good, bad, many = evil.submit(EVIL), fails.submit(EVIL), evil.map([EVIL] * 5)
         good.wait(), bad.wait(), many.wait()
         many.append(bad)
-        return (reprs.future_html(good), reprs.future_html(bad), many._repr_html_(), good._repr_html_())
+        return (reprs.future_html(good), reprs.future_html(bad), reprs.html_of(many), reprs.html_of(good))
 
     good, bad, many, hook = evil_flow()
     for html in (good, bad, hook, many):
@@ -56,20 +56,20 @@ def test_states_task_runs_and_flow_runs_escape_everything():
     evil_flow()
     flow_run = last_flow_run()
     good, bad = flow_run.task_runs
-    for html in (good._repr_html_(), bad._repr_html_(), flow_run._repr_html_(), good.state._repr_html_(), bad.state._repr_html_()):
+    for html in (reprs.html_of(good), reprs.html_of(bad), reprs.html_of(flow_run), reprs.html_of(good.state), reprs.html_of(bad.state)):
         _no_raw_script(html)
-    good_html = good._repr_html_()
+    good_html = reprs.html_of(good)
     assert "printed " + ESCAPED in good_html  # captured output, escaped
     assert "<b>Result</b>" in good_html and "<code>str</code>" in good_html
-    bad_html = bad._repr_html_()
+    bad_html = reprs.html_of(bad)
     assert "Traceback" in bad_html and "ValueError: " + ESCAPED in bad_html
-    flow_html = flow_run._repr_html_()
+    flow_html = reprs.html_of(flow_run)
     assert "<svg" in flow_html and "Failed task runs" in flow_html
 
 
 def test_large_results_are_summarised_not_shipped():
     big = list(range(1_000_000))
-    html = S.Completed(data=big)._repr_html_()
+    html = reprs.html_of(S.Completed(data=big))
     assert "len 1,000,000" in html
     assert len(html) < 2000
 
@@ -80,7 +80,7 @@ def test_volatile_parts_are_marked_for_sanitizers():
         return evil.submit("x").result()
 
     plain()
-    html = last_flow_run()._repr_html_()
+    html = reprs.html_of(last_flow_run())
     masked = re.sub(r'<span class="nbflow-v">[^<]*</span>', "", html)
     assert last_flow_run().name not in masked
     assert not re.search(r"\d+\.\d\d s", masked)
@@ -105,3 +105,27 @@ def test_importing_the_notebook_layer_imports_no_widgets_or_ipython():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_loading_the_extension_registers_html_reprs_and_unloading_removes_them():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from nbflow.futures import PrefectFuture
+
+    shell = InteractiveShell.instance()
+    formatter = shell.display_formatter.formatters["text/html"]
+    reprs.register(shell)
+    try:
+
+        @flow
+        def one() -> int:
+            return evil(EVIL) and 1
+
+        one()
+        run = last_flow_run()
+        html = formatter(run)
+        _no_raw_script(html)
+        assert formatter.lookup_by_type(PrefectFuture) is reprs.future_html
+    finally:
+        reprs.unregister(shell)
+    assert formatter(last_flow_run()) is None

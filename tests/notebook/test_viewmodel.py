@@ -146,13 +146,13 @@ def test_refresh_reads_only_what_changed():
 
 def test_a_watched_run_costs_its_tasks_nothing():
     """The tracker asks for flow-run events only: task runs publish to no one."""
-    from nbflow import runs
+    from nbflow import events
 
     seen = []
     tracker = Tracker(lambda flow_run, state: seen.append(state.name))
     tracker.start()
     try:
-        assert runs._subscribers == () and runs._flow_subscribers == (tracker,)
+        assert tracker not in events.task_state and events.flow_state == (tracker,)
 
         @flow
         def watched() -> int:
@@ -162,7 +162,7 @@ def test_a_watched_run_costs_its_tasks_nothing():
     finally:
         tracker.stop()
     assert seen == ["Pending", "Running", "Completed"]
-    assert runs._flow_subscribers == ()
+    assert events.flow_state == ()
 
 
 def test_summaries_are_bounded_and_never_raise():

@@ -153,7 +153,8 @@ def test_cancel_button_cancels_what_has_not_started(comms, gate, wait_until):
         square.map(range(5)).wait()
         held.wait()
 
-    worker = threading.Thread(target=queued)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(queued(return_state=True)))
     worker.start()
     try:
         assert wait_until(lambda: models and models[0].refresh() and models[0].task_run_count() == 6)
@@ -168,6 +169,7 @@ def test_cancel_button_cancels_what_has_not_started(comms, gate, wait_until):
     view.redraw(final=True)
     assert view.counts.get("Cancelled", 0) >= 5
     assert view._cancel.disabled
+    assert outcome[0].is_cancelled()  # a cancelled flow run ends Cancelled
 
 
 def test_display_bundle_has_stable_text_static_html_and_the_widget(comms):

@@ -2,7 +2,7 @@
 
 Like ``concurrent.futures.ThreadPoolExecutor`` it starts threads lazily, up to
 ``max_workers``, reusing idle ones. Unlike it, a worker that blocks on a task
-run's result (``TaskRun.wait`` calls :meth:`WorkerPool.blocking`) lends its
+run's result (``Completion.wait`` calls :meth:`WorkerPool.blocking`) lends its
 slot to a new thread, so at most ``max_workers`` threads *execute* at once
 while a task that submits tasks and waits on them always makes progress, even
 with ``max_workers=1``. A worker that resumes takes its slot back (it waits
@@ -15,7 +15,7 @@ import queue
 import threading
 from typing import Any, Callable
 
-from nbflow.runs import _worker
+from nbflow.completion import set_thread_pool
 
 _STOP = object()
 
@@ -66,7 +66,7 @@ class WorkerPool:
         thread.start()
 
     def _work(self) -> None:
-        _worker.pool = self
+        set_thread_pool(self)
         get = self._queue.get
         target = self._target
         lock = self._lock
@@ -98,7 +98,7 @@ class WorkerPool:
         if self._slot_waiters:
             self._slot_free.notify()
 
-    # -- called by TaskRun.wait from inside a worker -------------------------
+    # -- called by Completion.wait from inside a worker----------------------
     def blocking(self) -> None:
         """The calling worker is about to block: let another thread take its slot."""
         with self._lock:

@@ -9,7 +9,7 @@ Each run is one Ray task with two results: a small record (states, run
 count, name, output) that the driver fetches when the task ends, and the
 run's value, which stays in the object store: downstream runs receive it as
 an ObjectRef argument, and the driver fetches it when it is read, or at the
-end of the flow run if no other run consumed it (``nbflow.remote.Fetcher``). Transitions and
+end of the flow run if no other run consumed it (``nbflow.runners.wire.results.Fetcher``). Transitions and
 printed lines reach the driver through a small actor that workers send
 batches to and a driver thread drains (blocking, not polling).
 """
@@ -24,11 +24,13 @@ import queue
 import threading
 from typing import Any, Callable
 
-from nbflow import remote
 from nbflow.futures import PrefectFuture
-from nbflow.runs import TaskRun, _new_id
+from nbflow.records import TaskRun, new_id
+from nbflow.runners import cluster
+from nbflow.runners.wire import driver, worker
+from nbflow.runners.wire.payload import dumps
 
-logger = logging.getLogger("nbflow.remote")
+logger = logging.getLogger("nbflow.runners")
 
 _NAMESPACE = "nbflow"
 
@@ -39,7 +41,7 @@ class PrefectRayFuture(PrefectFuture):
     __slots__ = ()
 
 
-class RayTaskRunner(remote.ClusterTaskRunner):
+class RayTaskRunner(cluster.ClusterTaskRunner):
     """Runs task runs on Ray: a local Ray by default, an existing cluster with ``address``.
 
     ``init_kwargs`` go to ``ray.init``. A Ray initialised before the flow run
@@ -49,7 +51,7 @@ class RayTaskRunner(remote.ClusterTaskRunner):
     future_class = PrefectRayFuture
 
     def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
-        remote.require("ray", "ray", "RayTaskRunner")
+        cluster.require("ray", "ray", "RayTaskRunner")
         super().__init__()
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
@@ -59,7 +61,7 @@ class RayTaskRunner(remote.ClusterTaskRunner):
         return type(self)(self.address, self.init_kwargs)
 
     # -- the engine -----------------------------------------------------------------------
-    def _start(self) -> tuple[str, remote.Channel]:
+    def _start(self) -> tuple[str, worker.Channel]:
         import ray
 
         if ray.is_initialized():
@@ -82,7 +84,7 @@ class RayTaskRunner(remote.ClusterTaskRunner):
             _close_sink()
             ray.shutdown()
 
-    def _submit(self, batch: list[remote.Outgoing]) -> list[Any]:
+    def _submit(self, batch: list[cluster.Outgoing]) -> list[Any]:
         run = _remote_run().remote
         return [tuple(run(o.payload, *itertools.chain.from_iterable(o.handles))) for o in batch]
 
@@ -116,12 +118,12 @@ def _end_runs() -> None:
         try:
             if isinstance(outcome, BaseException):  # the worker died, the task was cancelled, or an upstream failed
                 handle[1]._on_completed(_ignore)  # the run reports it; Ray need not log it again
-                runner._engine_failed(run, outcome, upstream)
+                runner.engine_failed(run, outcome, upstream)
             else:
-                runner._finished(run, outcome, handle)
+                runner.finish_run(run, outcome, handle)
         except Exception as exc:  # a bug here must not stop every later run from ending
             logger.exception("ending task run %r failed", run.name)
-            remote.crash(run, f"nbflow could not read its outcome ({exc!r}).", exc)
+            driver.crash(run, f"nbflow could not read its outcome ({exc!r}).", exc)
 
 
 def _ignore(_outcome: Any) -> None:
@@ -142,12 +144,12 @@ def _remote_run() -> Any:
 
 def _run_on_worker(payload: bytes, *upstream: bytes | None) -> tuple:
     """The Ray task of one run; ``upstream`` holds each upstream run's record and value, in turn."""
-    record, value = remote.run_payload(payload, list(zip(upstream[::2], upstream[1::2])))
-    return remote.dump_record(record), value
+    record, value = worker.run_payload(payload, list(zip(upstream[::2], upstream[1::2])))
+    return dumps(record), value
 
 
 # -- live messages: an actor per Ray session collects them, a driver thread drains it -------
-class _RayChannel(remote.Channel):
+class _RayChannel(worker.Channel):
     """Live messages go to the session's collecting actor, found by name."""
 
     __slots__ = ()
@@ -194,7 +196,7 @@ class _Sink:
         import ray
 
         self.job = ray.get_runtime_context().get_job_id()
-        self.name = f"nbflow-live-{_new_id():032x}"
+        self.name = f"nbflow-live-{new_id():032x}"
         self.actor = _sink_class().options(name=self.name, namespace=_NAMESPACE).remote()
         self.thread = threading.Thread(target=self._drain, name="nbflow-ray-live", daemon=True)
         self.thread.start()
@@ -210,7 +212,7 @@ class _Sink:
             for batch in batches:
                 if batch is None:
                     return
-                remote.receive(batch)  # records come with the task's results, not here
+                driver.receive(batch)  # records come with the task's results, not here
 
     def close(self) -> None:
         import ray

@@ -8,7 +8,7 @@ Only what the runner started is shut down.
 A run is submitted with the Dask futures of its upstream runs as arguments,
 so Dask orders the runs and moves their data between workers; the driver
 fetches a value when it is read, and at the end of the flow run the values
-no other run consumed (``nbflow.remote.Fetcher``). Transitions and printed lines reach the driver
+no other run consumed (``nbflow.runners.wire.results.Fetcher``). Transitions and printed lines reach the driver
 through a scheduler event topic of the runner (``Worker.log_event`` and
 ``Client.subscribe_topic``); the Dask future's done callback ends each run.
 """
@@ -21,9 +21,11 @@ import logging
 import threading
 from typing import Any, Callable
 
-from nbflow import remote
 from nbflow.futures import PrefectFuture
-from nbflow.runs import TaskRun, _new_id
+from nbflow.records import TaskRun, new_id
+from nbflow.runners import cluster
+from nbflow.runners.wire import driver, worker
+from nbflow.runners.wire.payload import Record, dumps
 
 
 class PrefectDaskFuture(PrefectFuture):
@@ -32,7 +34,7 @@ class PrefectDaskFuture(PrefectFuture):
     __slots__ = ()
 
 
-class DaskTaskRunner(remote.ClusterTaskRunner):
+class DaskTaskRunner(cluster.ClusterTaskRunner):
     """Runs task runs on a Dask cluster: a temporary local one by default.
 
     ``cluster_class`` (a class or its import path) and ``cluster_kwargs``
@@ -51,7 +53,7 @@ class DaskTaskRunner(remote.ClusterTaskRunner):
         client_kwargs: dict[str, Any] | None = None,
         adapt_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        remote.require("distributed", "dask", "DaskTaskRunner")
+        cluster.require("distributed", "dask", "DaskTaskRunner")
         super().__init__()
         if address is not None and (cluster_class is not None or cluster_kwargs or adapt_kwargs):
             raise ValueError(
@@ -68,7 +70,7 @@ class DaskTaskRunner(remote.ClusterTaskRunner):
         self.adapt_kwargs = dict(adapt_kwargs or {})
         self._cluster: Any = None
         self._client: Any = None
-        self._channel = _DaskChannel(f"nbflow-{_new_id():032x}")  # the runner's event topic
+        self._channel = _DaskChannel(f"nbflow-{new_id():032x}")  # the runner's event topic
         self._unwatched: list[tuple] = []  # futures whose done callback is not registered yet
         self._unwatched_lock = threading.Lock()
 
@@ -78,7 +80,7 @@ class DaskTaskRunner(remote.ClusterTaskRunner):
         )
 
     # -- the engine -----------------------------------------------------------------------
-    def _start(self) -> tuple[str, remote.Channel]:
+    def _start(self) -> tuple[str, worker.Channel]:
         import distributed
 
         if self.address is not None:
@@ -109,14 +111,14 @@ class DaskTaskRunner(remote.ClusterTaskRunner):
     def _on_event(self, event: tuple[float, bytes]) -> None:
         # On the client's event loop: apply live messages; keep a record that
         # arrives ahead of its future's completion for the done callback.
-        for message in remote.receive(event[1]):
-            entry = remote.tracked(message[1])
+        for message in driver.receive(event[1]):
+            entry = driver.tracked(message[1])
             if entry is not None:
                 entry.final = message[2]
 
-    def _submit(self, batch: list[remote.Outgoing]) -> list[Any]:
+    def _submit(self, batch: list[cluster.Outgoing]) -> list[Any]:
         # A fresh key each time: a run handed over again (after an upstream crash) is new work.
-        keys = [f"{o.run.task.name}-{_new_id():032x}" for o in batch]
+        keys = [f"{o.run.task.name}-{new_id():032x}" for o in batch]
         if len(batch) == 1:
             return [self._client.submit(
                 _run_on_worker, batch[0].payload, batch[0].handles, key=keys[0], pure=False
@@ -143,21 +145,21 @@ class DaskTaskRunner(remote.ClusterTaskRunner):
     def _done(self, run: TaskRun, upstream: list[TaskRun], future: Any) -> None:
         """Dask's done callback (in its callback thread): end the run."""
         if future.status == "finished":
-            entry = remote.tracked(run._id)
+            entry = driver.tracked(run.int_id)
             record = entry.final if entry is not None else None
             if record is None:  # the live record was lost or late: read the one the task returned
                 try:
                     record = future.result()[0]
                 except Exception as exc:
-                    self._engine_failed(run, exc, upstream)
+                    self.engine_failed(run, exc, upstream)
                     return
-            self._finished(run, record, future)
+            self.finish_run(run, record, future)
             return
         try:
             error = future.exception()
         except BaseException as exc:  # cancelled, or the client is gone
             error = exc
-        self._engine_failed(run, error, upstream)
+        self.engine_failed(run, error, upstream)
 
     def _gather(self, handles: list[Any]) -> list[bytes]:
         return [outcome[1] for outcome in self._client.gather(handles)]
@@ -178,7 +180,7 @@ def _cluster_class(value: str | Callable[..., Any] | None) -> Callable[..., Any]
     return value
 
 
-class _DaskChannel(remote.Channel):
+class _DaskChannel(worker.Channel):
     """Live messages go to the scheduler as events of the runner's topic."""
 
     __slots__ = ()
@@ -188,10 +190,10 @@ class _DaskChannel(remote.Channel):
 
         return functools.partial(distributed.get_worker().log_event, self.key)
 
-    def report(self, record: remote.Record, value: bytes | None) -> None:
+    def report(self, record: Record, value: bytes | None) -> None:
         # Ahead of the task's completion, so its done callback need not fetch
         # the result; the printed lines went ahead already, on this channel.
-        remote.send_final(self, record._replace(output=None), None)
+        worker.send_final(self, record._replace(output=None), None)
 
 
 def _run_on_worker(payload: bytes, upstream: list[tuple[bytes, bytes | None]]) -> tuple:
@@ -199,8 +201,8 @@ def _run_on_worker(payload: bytes, upstream: list[tuple[bytes, bytes | None]]) -
 
     Dask replaces the upstream futures by their outcomes before calling it.
     """
-    record, value = remote.run_payload(payload, upstream)
-    return remote.dump_record(record), value
+    record, value = worker.run_payload(payload, upstream)
+    return dumps(record), value
 
 
 __all__ = ["DaskTaskRunner", "PrefectDaskFuture"]

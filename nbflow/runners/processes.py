@@ -30,14 +30,17 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
-from nbflow import engine, remote
+from nbflow import engine
 from nbflow.exceptions import SerializationError
-from nbflow.runs import TaskRun
+from nbflow.records import TaskRun
+from nbflow.runners.base import TaskRunner
+from nbflow.runners.wire import driver
+from nbflow.runners.wire.worker import Channel, run_payload, send_final
+from nbflow.runners.wire.payload import Payloads, Record
 from nbflow.states import State
-from nbflow.task_runners import TaskRunner
 
 # What a worker process runs: python -c _BOOT <fd of its end of the pipe>.
-_BOOT = "import sys; from nbflow.process_runner import _serve; _serve(int(sys.argv[1]))"
+_BOOT = "import sys; from nbflow.runners.processes import serve; serve(int(sys.argv[1]))"
 
 
 class ProcessPoolTaskRunner(TaskRunner):
@@ -62,15 +65,15 @@ class ProcessPoolTaskRunner(TaskRunner):
         self.max_workers = max_workers
         self.initializer = initializer
         self.initargs = tuple(initargs)
-        self._payloads = remote.Payloads(type(self).__name__)
+        self._payloads = Payloads(type(self).__name__)
 
     def duplicate(self) -> "ProcessPoolTaskRunner":
         return type(self)(self.max_workers, self.initializer, self.initargs)
 
     def _dispatch(self, run: TaskRun) -> None:
-        if run._done:  # cancelled while it waited for upstream runs
+        if run.done:  # cancelled while it waited for upstream runs
             return
-        run._context = None  # context variables stay on the driver
+        run.take_context()  # context variables stay on the driver
         try:
             parameters = engine.resolve_inputs(run)
             if isinstance(parameters, State):
@@ -79,10 +82,10 @@ class ProcessPoolTaskRunner(TaskRunner):
             payload = self._payloads.build(run, parameters)
             pool = _pool_for(self)
         except SerializationError as exc:
-            remote.fail(run, exc)
+            driver.fail(run, exc)
             return
         except Exception as exc:
-            remote.crash(run, f"it could not be sent to a worker process ({exc!r}).", exc)
+            driver.crash(run, f"it could not be sent to a worker process ({exc!r}).", exc)
             return
         pool.submit(run, payload)
 
@@ -125,7 +128,7 @@ def close_pools() -> None:
 atexit.register(close_pools)
 
 
-class _PipeChannel(remote.Channel):
+class _PipeChannel(Channel):
     """A worker's pipe to the driver (never pickled: the worker makes it); it carries the outcome too."""
 
     __slots__ = ()
@@ -133,8 +136,8 @@ class _PipeChannel(remote.Channel):
     def open(self) -> Callable[[bytes], Any]:
         return self.key.send_bytes
 
-    def report(self, record: remote.Record, value: bytes | None) -> None:
-        remote.send_final(self, record, value)
+    def report(self, record: Record, value: bytes | None) -> None:
+        send_final(self, record, value)
 
 
 class _Worker:
@@ -183,7 +186,7 @@ class _Pool:
                 self._queue.append((run, blob))
                 return
         if worker is None:
-            remote.crash(run, "its process pool was closed.")
+            driver.crash(run, "its process pool was closed.")
         else:
             self._send(worker, run, blob)
 
@@ -194,13 +197,13 @@ class _Pool:
                     self._idle.append(worker)
                     return
                 run, blob = self._queue.popleft()
-        remote.track(run)
+        driver.track(run)
         with self._lock:
             alive = worker.conn in self._workers
             if alive:
                 worker.run = run
         if not alive:
-            remote.crash(run, f"its worker process (pid {worker.process.pid}) exited before it started.")
+            driver.crash(run, f"its worker process (pid {worker.process.pid}) exited before it started.")
             return
         try:
             worker.conn.send_bytes(blob)
@@ -246,7 +249,7 @@ class _Pool:
                 except (EOFError, OSError):
                     self._lost(worker)
                     continue
-                for message in remote.receive(blob):
+                for message in driver.receive(blob):
                     if message[0] == "final":
                         self._final(worker, *message[1:])
                     else:
@@ -257,7 +260,7 @@ class _Pool:
         run, worker.run = worker.run, None
         self._next(worker)  # free the worker first: the run's downstream may want it
         if run is not None:
-            remote.complete(run, record, value)
+            driver.complete(run, record, value)
 
     def _lost(self, worker: _Worker) -> None:
         with self._lock:
@@ -269,7 +272,7 @@ class _Pool:
         worker.conn.close()
         code = worker.process.wait()
         if run is not None:
-            remote.crash(
+            driver.crash(
                 run,
                 f"its worker process (pid {worker.process.pid}) died while running it "
                 f"(exit code {code}).",
@@ -287,7 +290,7 @@ class _Pool:
         reason = f"the process pool's initializer failed in a worker:\n{text}"
         for run in [worker.run, *queued]:
             if run is not None:
-                remote.crash(run, reason)
+                driver.crash(run, reason)
         worker.run = None
         self.close()
 
@@ -302,7 +305,7 @@ class _Pool:
             self._queue.clear()
         self._wake_w.send_bytes(b"")
         for run in queued:
-            remote.crash(run, "its process pool was closed.")
+            driver.crash(run, "its process pool was closed.")
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=10)
 
@@ -314,7 +317,7 @@ class _Pool:
             worker.conn.close()  # an idle worker exits when its pipe closes
             if worker.run is not None:
                 worker.process.kill()
-                remote.crash(worker.run, "its process pool was closed while it ran.")
+                driver.crash(worker.run, "its process pool was closed while it ran.")
         for worker in workers:
             try:
                 worker.process.wait(timeout=5)
@@ -323,7 +326,7 @@ class _Pool:
 
 
 # -- the worker process -------------------------------------------------------------------------
-def _serve(fd: int) -> None:
+def serve(fd: int) -> None:
     """A worker process's life: set up, then execute payloads until the driver closes the pipe."""
     conn = connection.Connection(fd)
     path, setup = pickle.loads(conn.recv_bytes())
@@ -341,7 +344,7 @@ def _serve(fd: int) -> None:
             payload = conn.recv_bytes()
         except EOFError:
             return
-        remote.run_payload(payload, (), channel)
+        run_payload(payload, (), channel)
 
 
-__all__ = ["ProcessPoolTaskRunner", "close_pools"]
+__all__ = ["ProcessPoolTaskRunner", "close_pools", "serve"]

@@ -1,0 +1,197 @@
+"""Things that end once: waiting for them, and being called back when they do.
+
+A :class:`Completion` is the part of a task run record that futures, ``wait``,
+``as_completed`` and runners' scheduling rely on. Waiting blocks on a private
+lock (interruptible by Ctrl-C) and never polls; a thread of a worker pool that
+blocks lends its execution slot to a stand-in thread meanwhile (see
+:func:`blocking_wait`), so a task that waits on tasks never deadlocks its pool.
+From a coroutine, ``await completion.wait_async()`` waits without blocking the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+
+class BlockingListener(Protocol):
+    """What a worker pool provides so that a worker that blocks can lend its slot."""
+
+    def blocking(self) -> None: ...
+
+    def unblocking(self) -> None: ...
+
+
+_worker = threading.local()
+
+
+def set_thread_pool(pool: BlockingListener | None) -> None:
+    """Declare that this thread is a worker of ``pool`` (``None``: of no pool)."""
+    _worker.pool = pool
+
+
+@contextlib.contextmanager
+def blocking_wait() -> Iterator[None]:
+    """Wrap a blocking wait: inside a pool worker, the pool starts a stand-in thread."""
+    pool = getattr(_worker, "pool", None)
+    if pool is None:
+        yield
+        return
+    pool.blocking()
+    try:
+        yield
+    finally:
+        pool.unblocking()
+
+
+class Completion:
+    """Something that ends once: waiters block on it, callbacks run when it ends.
+
+    One lock, shared by every completion, guards the done flag, the waiter
+    lists and the callback lists: it is held for a few bytecodes, which is
+    cheaper than a lock per object. Subclasses use it (``self._lock``) to make
+    their own transitions atomic with the end.
+    """
+
+    __slots__ = ("_done", "_waiters", "_callbacks")
+
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._done = False
+        self._waiters: list[threading.Lock] | None = None
+        self._callbacks: list[Callable[[Any], Any]] | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once it has ended."""
+        return self._done
+
+    def _end(self, before: Callable[[], Any] | None = None) -> bool:
+        """End it, calling ``before()`` under the lock first; False (and no call) if it had ended."""
+        with self._lock:
+            if self._done:
+                return False
+            if before is not None:
+                before()
+            self._done = True
+            waiters, self._waiters = self._waiters, None
+            callbacks, self._callbacks = self._callbacks, None
+        self._ended()
+        if waiters:
+            for lock in waiters:
+                lock.release()
+        if callbacks:
+            for callback in callbacks:
+                callback(self)
+        return True
+
+    def _ended(self) -> None:
+        """Called once it has ended, before waiters wake and callbacks run."""
+
+    def add_done_callback(self, callback: Callable[[Any], Any]) -> None:
+        """Call ``callback(self)`` once it has ended (at once if it already has)."""
+        with self._lock:
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = [callback]
+                else:
+                    self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until it has ended or ``timeout`` seconds pass; True if it has ended."""
+        if self._done:
+            return True
+        lock = threading.Lock()
+        lock.acquire()
+        with self._lock:
+            if self._done:
+                return True
+            if self._waiters is None:
+                self._waiters = [lock]
+            else:
+                self._waiters.append(lock)
+        try:
+            with blocking_wait():
+                finished = lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+        finally:
+            if not self._done:
+                with self._lock:
+                    if self._waiters is not None and lock in self._waiters:
+                        self._waiters.remove(lock)
+        return finished or self._done
+
+    async def wait_async(self) -> None:
+        """Wait on the running event loop until it has ended (the loop goes on meanwhile)."""
+        if self._done:
+            return
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: Any) -> None:
+            loop.call_soon_threadsafe(_resolve, ended)
+
+        self.add_done_callback(wake)
+        await ended
+
+
+def _resolve(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Countdown(Completion):
+    """Ends when :meth:`tick` has been called ``n`` times (at once for ``n == 0``)."""
+
+    __slots__ = ("_left",)
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self._left = n
+        if n <= 0:
+            self._end()
+
+    def tick(self, _: Any = None) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._end()
+
+
+def when_all_done(completions: Iterable[Completion], then: Callable[[], Any]) -> None:
+    """Call ``then()`` once every one of ``completions`` has ended; no thread waits meanwhile."""
+    pending = [c for c in completions if not c.done]
+    if not pending:
+        then()
+        return
+    gate = Countdown(len(pending))
+    gate.add_done_callback(lambda _: then())
+    for completion in pending:
+        completion.add_done_callback(gate.tick)
+
+
+async def wait_all_async(completions: Iterable[Completion]) -> None:
+    """Await every one of ``completions`` without blocking the event loop."""
+    pending = [c for c in completions if not c.done]
+    if pending:
+        gate = Countdown(len(pending))
+        for completion in pending:
+            completion.add_done_callback(gate.tick)
+        await gate.wait_async()
+
+
+__all__ = [
+    "BlockingListener",
+    "Completion",
+    "Countdown",
+    "blocking_wait",
+    "set_thread_pool",
+    "wait_all_async",
+    "when_all_done",
+]

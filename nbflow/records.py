@@ -1,0 +1,546 @@
+"""Run records: every flow run and task run, its states, upstream runs and output.
+
+A record changes only through its own methods (enter a state, claim it,
+finish it, apply a state a worker reported, ...), and each change of state
+is published on the event seam (:mod:`nbflow.events`). Futures, runners, the
+engine and every watcher read records; none writes their fields.
+
+Records of old flow runs are let go beyond ``settings.max_flow_runs`` runs, so
+a long notebook session does not grow without bound.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import random
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Iterator
+
+from nbflow import events, settings
+from nbflow.completion import Completion
+from nbflow.states import State, StateType
+
+if TYPE_CHECKING:
+    from nbflow.flows import Flow
+    from nbflow.task_runners import TaskRunner
+    from nbflow.tasks import Task
+
+#: "Nothing returned": distinct from a None result.
+NOTHING: Any = type("Nothing", (), {"__repr__": lambda self: "NOTHING", "__slots__": ()})()
+
+#: What a run waits for before it starts: ``(upstream, failure allowed)`` pairs, where
+#: ``upstream`` is a task run, or a State given as an argument or in ``wait_for``.
+Dependencies = tuple[tuple["TaskRun | State", bool], ...]
+
+
+def new_id() -> int:
+    """A new random 128-bit run id (as an int: cheap to make, hash and send)."""
+    # getrandbits never releases the GIL, unlike uuid4()'s os.urandom.
+    return random.getrandbits(128)
+
+
+def as_uuid(value: int) -> uuid.UUID:
+    """The UUID form of a run id made by :func:`new_id`."""
+    return uuid.UUID(int=value, version=4)
+
+
+def _start_time(states: list[State]) -> float | None:
+    """When a run first entered Running (None if it never ran)."""
+    return next((s.timestamp_seconds for s in states if s.type is StateType.RUNNING), None)
+
+
+def _duration(start: float | None, end: float | None) -> float | None:
+    """Seconds from ``start`` to ``end`` (or to now while still running)."""
+    return None if start is None else (end or time.time()) - start
+
+
+class TaskRun(Completion):
+    """The record of one run of a task.
+
+    ``states`` holds every state the run entered, oldest first; ``state`` is
+    the latest. ``upstream`` lists the task runs it waited for (data
+    dependencies and ``wait_for``). ``output`` holds what it printed or logged.
+    """
+
+    __slots__ = (
+        "task",
+        "flow_run",
+        "parameters",
+        "upstream",
+        "tags",
+        "states",
+        "run_count",
+        "map_index",
+        "output",
+        "_id",
+        "_name",
+        "_started",
+        "_dependencies",
+        "_resolved",
+        "_thread_id",
+        "_context",
+        "_inputs",
+        "_returned",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        task: "Task",
+        flow_run: "FlowRun | Any | None",
+        parameters: dict[str, Any],
+        tags: frozenset[str] = frozenset(),
+        map_index: int | None = None,
+        name: str | None = None,
+        dependencies: Dependencies | None = None,
+        context: contextvars.Context | None = None,
+        id: int | None = None,
+    ) -> None:
+        Completion.__init__(self)
+        self.task = task
+        self.flow_run = flow_run
+        self.parameters = parameters
+        self.tags = tags
+        self.states: list[State] = [State(StateType.PENDING)]
+        self.run_count = 0
+        self.map_index = map_index
+        self.output: Any = None  # an OutputBuffer once the run prints or logs
+        self._id = new_id() if id is None else id
+        self._name = name
+        self._started = False
+        # None: the parameters hold nothing to resolve; otherwise what to wait for first.
+        self._dependencies = dependencies
+        self._resolved = False  # someone asked for the result, or depended on it
+        self._thread_id: int | None = None
+        # Context variables as they were at submit time, entered where the run
+        # executes (as Prefect does): user ContextVars and tags reach the task.
+        self._context = context
+        self._inputs: dict[str, Any] | None = None  # resolved arguments while it executes
+        self._returned: Any = NOTHING  # what the last attempt returned, when that was state-like
+        self.upstream: tuple[TaskRun, ...] = ()
+        if dependencies:
+            upstream: dict[TaskRun, None] = {}
+            for dep, _ in dependencies:
+                if type(dep) is TaskRun:
+                    dep._resolved = True
+                    upstream[dep] = None
+            self.upstream = tuple(upstream)
+        if flow_run is not None:
+            flow_run.task_runs.append(self)
+        if events.task_state:
+            events.publish_task_state(self, self.states[0])
+
+    # -- identity ------------------------------------------------------------
+    @property
+    def id(self) -> uuid.UUID:
+        return as_uuid(self._id)
+
+    @property
+    def int_id(self) -> int:
+        """The run id as an int (what crosses to workers and back)."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        """The run's name: ``task_run_name`` if given, else ``"{task}-{3 hex}"``."""
+        if self._name is None:
+            if self.flow_run is None:
+                self._name = self.task.name
+            else:
+                self._name = f"{self.task.name}-{self._id >> 116:03x}"
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
+    def flow_run_id(self) -> uuid.UUID | None:
+        """The id of the flow run this run belongs to (None outside a flow)."""
+        return self.flow_run.id if self.flow_run is not None else None
+
+    @property
+    def task_key(self) -> str:
+        return self.task.task_key
+
+    # -- reading -----------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self.states[-1]
+
+    @property
+    def started(self) -> bool:
+        """True once the run was claimed to execute (or cancelled before it could be)."""
+        return self._started
+
+    @property
+    def dependencies(self) -> Dependencies | None:
+        """What the run waits for before it starts; None if its arguments hold nothing to resolve."""
+        return self._dependencies
+
+    def pending_upstream(self) -> list["TaskRun"]:
+        """The upstream runs this run waits for that have not ended yet."""
+        deps = self._dependencies
+        if not deps:
+            return []
+        return [dep for dep, _ in deps if type(dep) is TaskRun and not dep._done]
+
+    @property
+    def resolved(self) -> bool:
+        """True once someone asked for the result, waited for it, or depended on it."""
+        return self._resolved
+
+    @property
+    def current_parameters(self) -> dict[str, Any]:
+        """The resolved arguments while the run executes, else the parameters as submitted."""
+        return self._inputs if self._inputs is not None else self.parameters
+
+    @property
+    def start_time(self) -> float | None:
+        return _start_time(self.states)
+
+    @property
+    def end_time(self) -> float | None:
+        return self.states[-1].timestamp_seconds if self._done else None
+
+    @property
+    def duration(self) -> float | None:
+        return _duration(self.start_time, self.end_time)
+
+    # -- transitions -----------------------------------------------------------
+    def mark_resolved(self) -> None:
+        """Note that someone asked for the result (a flow does not warn about it at exit)."""
+        self._resolved = True
+
+    def take_context(self) -> contextvars.Context | None:
+        """The submit-time context to execute in (once; later calls return None)."""
+        context, self._context = self._context, None
+        return context
+
+    def claim(self) -> bool:
+        """Mark the run started; False if it already ended (e.g. was cancelled) or was claimed."""
+        with self._lock:
+            if self._done or self._started:
+                return False
+            self._started = True
+            return True
+
+    def set_state(self, state: State) -> None:
+        """Enter a state that does not end the run."""
+        self.states.append(state)
+        if events.task_state:
+            events.publish_task_state(self, state)
+
+    def start_attempt(self) -> State:
+        """Enter Running (Retrying after the first attempt); returns that state."""
+        self.run_count += 1
+        from nbflow.states import Retrying, Running
+
+        state = Running() if self.run_count == 1 else Retrying()
+        self.set_state(state)
+        return state
+
+    @property
+    def returned(self) -> Any:
+        """What the last attempt returned when that was a State or states (else :data:`NOTHING`).
+
+        An inline call hands it back as it is, as Prefect does.
+        """
+        return self._returned
+
+    def note_returned(self, value: Any) -> None:
+        """Keep what an attempt returned (:data:`NOTHING` to forget it)."""
+        self._returned = value
+
+    def set_inputs(self, inputs: dict[str, Any] | None) -> None:
+        """The resolved arguments of the executing run (None once it stops executing)."""
+        self._inputs = inputs
+
+    def finish(self, state: State) -> bool:
+        """Enter the state that ends the run; wakes waiters and runs callbacks.
+
+        Returns False (and changes nothing) if the run had already ended.
+        """
+        state.mark_run(self._id)
+        return self._end(lambda: self.states.append(state))
+
+    def _ended(self) -> None:
+        if events.task_state:
+            events.publish_task_state(self, self.states[-1])
+
+    def cancel(self, reason: str = "cancelled by the user") -> bool:
+        """Cancel the run if it has not started; True if it was cancelled.
+
+        Its ``.result()`` then raises CancelledRun naming the run and ``reason``.
+        """
+        from nbflow.states import Cancelled
+
+        with self._lock:
+            if self._done or self._started:
+                return False
+            self._started = True
+        return self.finish(
+            Cancelled(
+                message=f"Task run {self.name!r} was cancelled before it started ({reason}); "
+                "it has no result. Run the flow again to compute it."
+            )
+        )
+
+    def apply_reported(self, index: int, state: State, name: str, run_count: int) -> bool:
+        """Take a state a worker reported as the run's ``index``-th; False if it is stale.
+
+        Reports can repeat (an engine re-ran the work) or arrive late (after
+        the outcome): a state is taken only as the next one of an unfinished run.
+        """
+        with self._lock:
+            if self._done or len(self.states) != index:
+                return False
+            self._started = True
+            self._name = name
+            self.run_count = run_count
+            self.states.append(state)
+        if events.task_state:
+            events.publish_task_state(self, state)
+        return True
+
+    def finish_reported(self, state: State, name: str, run_count: int) -> bool:
+        """End the run in the final ``state`` a worker reported, with its name and attempt count."""
+        with self._lock:
+            if self._done:
+                return False
+            self._name = name
+            self.run_count = run_count
+        return self.finish(state)
+
+    # -- the thread executing it (so that a cancel can interrupt it) ---------------
+    def attach_thread(self) -> None:
+        """The run's code starts executing in this thread."""
+        self._thread_id = threading.get_ident()
+
+    def detach_thread(self) -> None:
+        """The run's code stopped executing in this thread."""
+        with self._lock:  # an interrupt is either raised before this, or not at all
+            self._thread_id = None
+
+    def interrupt(self, exc: type[BaseException]) -> bool:
+        """Raise ``exc`` in the thread executing the run, at its next bytecode; False if none is."""
+        from nbflow.timeouts import interrupt_thread
+
+        with self._lock:
+            ident = self._thread_id
+            if ident is None or self._done:
+                return False
+            interrupt_thread(ident, exc)
+        return True
+
+    def __repr__(self) -> str:
+        return f"TaskRun(name={self.name!r}, state={self.state.name})"
+
+
+class FlowRun:
+    """The record of one run of a flow: its task runs, subflow runs and states."""
+
+    __slots__ = (
+        "flow",
+        "parameters",
+        "parent",
+        "task_runs",
+        "subflow_runs",
+        "states",
+        "run_count",
+        "tags",
+        "task_runner",
+        "cancel_reason",
+        "_id",
+        "_name",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        flow: "Flow",
+        parameters: dict[str, Any],
+        parent: "FlowRun | None" = None,
+        tags: frozenset[str] = frozenset(),
+    ) -> None:
+        self.flow = flow
+        self.parameters = parameters
+        self.parent = parent
+        self.task_runs: list[TaskRun] = []
+        self.subflow_runs: list[FlowRun] = []
+        self.states: list[State] = [State(StateType.PENDING)]
+        self.run_count = 0
+        self.tags = tags
+        self.task_runner: TaskRunner | None = None  # a fresh one per attempt
+        self.cancel_reason: str | None = None  # set when someone cancels the run
+        self._id = new_id()
+        self._name: str | None = None
+        if parent is not None:
+            parent.subflow_runs.append(self)
+        _record(self)
+        events.publish_flow_state(self, self.states[0])
+
+    @property
+    def id(self) -> uuid.UUID:
+        return as_uuid(self._id)
+
+    @property
+    def int_id(self) -> int:
+        """The run id as an int."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        """``flow_run_name`` if given, else a generated ``adjective-noun`` name."""
+        if self._name is None:
+            self._name = _generated_name(self._id)
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
+    def flow_name(self) -> str:
+        return self.flow.name
+
+    @property
+    def state(self) -> State:
+        return self.states[-1]
+
+    @property
+    def start_time(self) -> float | None:
+        return _start_time(self.states)
+
+    @property
+    def end_time(self) -> float | None:
+        last = self.states[-1]
+        return last.timestamp_seconds if last.is_final() else None
+
+    @property
+    def duration(self) -> float | None:
+        return _duration(self.start_time, self.end_time)
+
+    @property
+    def root(self) -> "FlowRun":
+        """The top-level flow run this run belongs to (itself if it has no parent)."""
+        run = self
+        while run.parent is not None:
+            run = run.parent
+        return run
+
+    def set_state(self, state: State) -> None:
+        self.states.append(state)
+        events.publish_flow_state(self, state)
+
+    def start_attempt(self, task_runner: "TaskRunner") -> State:
+        """Begin an attempt with a fresh ``task_runner``: enter Running (Retrying after the first)."""
+        from nbflow.states import Retrying, Running
+
+        self.run_count += 1
+        self.task_runner = task_runner
+        state = Running() if self.run_count == 1 else Retrying()
+        self.set_state(state)
+        return state
+
+    def request_cancel(self, reason: str) -> None:
+        """Note that the run was cancelled (it ends Cancelled when its body returns)."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+
+    def unfinished_task_runs(self) -> list[TaskRun]:
+        """Task runs of this run and of its subflow runs that have not ended."""
+        return [run for run in iter_task_runs(self) if not run.done]
+
+    def state_counts(self) -> dict[str, int]:
+        """How many of this run's task runs are in each state (by state name)."""
+        return dict(collections.Counter(r.states[-1].name for r in self.task_runs))
+
+    def __repr__(self) -> str:
+        return (
+            f"FlowRun(name={self.name!r}, flow={self.flow_name!r}, "
+            f"state={self.state.name}, task_runs={len(self.task_runs)})"
+        )
+
+
+_ADJECTIVES = (
+    "amber", "brave", "calm", "daring", "eager", "fancy", "gentle", "happy", "icy",
+    "jolly", "keen", "lively", "mellow", "nimble", "olive", "proud", "quick", "rapid",
+    "silver", "tidy", "upbeat", "vivid", "witty", "young", "zesty",
+)
+_NOUNS = (
+    "otter", "falcon", "badger", "heron", "lynx", "marten", "newt", "orca", "panda",
+    "quail", "raven", "salmon", "tapir", "urchin", "viper", "walrus", "yak", "zebra",
+    "bison", "crane", "dingo", "egret", "gecko", "ibis", "koala",
+)
+
+
+def _generated_name(value: int) -> str:
+    return f"{_ADJECTIVES[value % len(_ADJECTIVES)]}-{_NOUNS[(value >> 8) % len(_NOUNS)]}"
+
+
+# -- the registry of recent flow runs ------------------------------------------
+_flow_runs: collections.deque[FlowRun] = collections.deque(maxlen=settings.current.max_flow_runs)
+
+
+def _record(run: FlowRun) -> None:
+    global _flow_runs
+    limit = settings.current.max_flow_runs
+    if _flow_runs.maxlen != limit:
+        _flow_runs = collections.deque(_flow_runs, maxlen=limit)
+    _flow_runs.append(run)
+
+
+def flow_runs() -> list[FlowRun]:
+    """The recorded flow runs (subflows included), oldest first."""
+    return list(_flow_runs)
+
+
+def last_flow_run() -> FlowRun | None:
+    """The most recently started top-level flow run, or None."""
+    for run in reversed(_flow_runs):
+        if run.parent is None:
+            return run
+    return None
+
+
+def find_flow_run(key: str | int | uuid.UUID) -> FlowRun:
+    """A recorded flow run by name, id, id prefix or negative index (``-1`` = last)."""
+    runs = list(_flow_runs)
+    if isinstance(key, int):
+        try:
+            return runs[key]
+        except IndexError:
+            raise LookupError(f"no recorded flow run at index {key}") from None
+    text = str(key)
+    for run in reversed(runs):
+        if run.name == text or str(run.id).startswith(text):
+            return run
+    raise LookupError(
+        f"no recorded flow run named or with id {text!r}; "
+        f"recent runs: {', '.join(r.name for r in runs[-5:]) or 'none'}"
+    )
+
+
+def iter_task_runs(flow_run: FlowRun) -> Iterator[TaskRun]:
+    """The task runs of a flow run and of all its subflow runs."""
+    yield from flow_run.task_runs
+    for sub in flow_run.subflow_runs:
+        yield from iter_task_runs(sub)
+
+
+__all__ = [
+    "NOTHING",
+    "Dependencies",
+    "TaskRun",
+    "FlowRun",
+    "new_id",
+    "as_uuid",
+    "flow_runs",
+    "last_flow_run",
+    "find_flow_run",
+    "iter_task_runs",
+]

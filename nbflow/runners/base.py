@@ -1,0 +1,197 @@
+"""The base of every task runner: submitting, mapping, and scheduling on upstream runs.
+
+Every runner shares the same scheduling: a run whose upstream runs are not
+done is dispatched when the last one ends, through callbacks on their records
+(no thread is parked waiting). Runners differ only in ``_dispatch``: where
+``engine.run_here`` executes the run and how its states travel back.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+from typing import Any, Iterable
+
+from nbflow.annotations import BaseAnnotation, unmapped
+from nbflow.completion import when_all_done
+from nbflow.exceptions import MappingLengthMismatch, MappingMissingIterable
+from nbflow.futures import PrefectConcurrentFuture, PrefectFuture, PrefectFutureList
+from nbflow.records import TaskRun
+from nbflow.states import State
+from nbflow.tasks import Task
+
+
+def _is_mappable(value: Any) -> bool:
+    if isinstance(value, (str, bytes, io.IOBase)):
+        return False
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+class TaskRunner(abc.ABC):
+    """Runs task runs submitted to it; a context manager.
+
+    Used by flows (``@flow(task_runner=...)``), or on its own::
+
+        with ThreadPoolTaskRunner(max_workers=2) as runner:
+            future = runner.submit(my_task, {"x": 1})
+            futures = runner.map(my_task, {"x": [1, 2, 3]})
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[TaskRun] = []
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.removesuffix("TaskRunner").lower() or "task"
+
+    @abc.abstractmethod
+    def duplicate(self) -> "TaskRunner":
+        """A new runner with the same configuration (each flow run gets its own)."""
+
+    # -- lifecycle --------------------------------------------------------------
+    def __enter__(self) -> "TaskRunner":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is not None:
+                self.cancel_all()
+            for run in self._runs:
+                run.wait()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Release what the runner started (threads, processes, clusters)."""
+
+    def cancel_all(self, reason: str = "its task runner was cancelled") -> None:
+        """Cancel every run of this runner that has not started."""
+        for run in self._runs:
+            run.cancel(reason)
+
+    # -- submitting -------------------------------------------------------------------
+    def submit(
+        self,
+        task: "Task",
+        parameters: dict[str, Any] | None = None,
+        wait_for: Iterable[Any] | None = None,
+        map_index: int | None = None,
+    ) -> PrefectFuture:
+        """Start a run of ``task`` with ``parameters``; returns its future at once."""
+        _check_task(self, task, "submit")
+        run = task.create_run(parameters or {}, wait_for, map_index)
+        self._runs.append(run)
+        self._schedule(run)
+        return self._future(run)
+
+    def _future(self, run: TaskRun) -> PrefectFuture:
+        return PrefectConcurrentFuture(run)
+
+    def map(
+        self, task: "Task", parameters: dict[str, Any], wait_for: Iterable[Any] | None = None
+    ) -> PrefectFutureList:
+        """Start one run of ``task`` per element of the iterable ``parameters``."""
+        _check_task(self, task, "map")
+        signature = task.signature
+        var_kw = signature.var_keyword
+        if var_kw and isinstance(parameters.get(var_kw), dict):
+            # Entries of **kwargs are mapped like named parameters.
+            parameters = {k: v for k, v in parameters.items() if k != var_kw} | parameters[var_kw]
+        static: dict[str, Any] = {}
+        mapped: dict[str, tuple[list, type | None]] = {}
+        for name, value in parameters.items():
+            if isinstance(value, unmapped):
+                static[name] = value.value
+                continue
+            annotation = None
+            if isinstance(value, BaseAnnotation):
+                annotation, value = type(value), value.value
+            if isinstance(value, (PrefectFuture, State)):
+                value = _settled(value)  # a future or state of a list maps over its elements
+            if _is_mappable(value):
+                mapped[name] = (list(value), annotation)
+            else:
+                static[name] = value if annotation is None else annotation(value)
+        if not mapped:
+            raise MappingMissingIterable(
+                f"Task {task.name!r}: .map() found no iterable argument to map over "
+                f"(got {', '.join(f'{k}={v!r}' for k, v in static.items()) or 'no arguments'}). "
+                "Pass at least one list, tuple, range, set, dict or generator; strings and bytes "
+                "are not mapped over. To call the task once, use .submit()."
+            )
+        lengths = {name: len(values) for name, (values, _) in mapped.items()}
+        if len(set(lengths.values())) > 1:
+            raise MappingLengthMismatch(
+                f"Task {task.name!r}: .map() got iterables of different lengths: "
+                + ", ".join(f"{k}={n}" for k, n in lengths.items())
+                + ". Give every mapped argument the same length, or wrap an argument that every "
+                "run should receive whole in unmapped(...)."
+            )
+        futures: PrefectFutureList = PrefectFutureList()
+        wait_for = list(wait_for) if wait_for is not None else None
+        for i in range(next(iter(lengths.values()))):
+            call = dict(static)
+            for name, (values, annotation) in mapped.items():
+                call[name] = values[i] if annotation is None else annotation(values[i])
+            if var_kw:
+                call = _collapse_var_keyword(call, signature)
+            futures.append(self.submit(task, signature.apply_defaults(call), wait_for, i))
+        return futures
+
+    # -- scheduling ------------------------------------------------------------------------
+    def _schedule(self, run: TaskRun) -> None:
+        """Dispatch ``run`` now, or once its last pending upstream run ends."""
+        pending = self._pending_upstream(run)
+        if pending:
+            when_all_done(pending, lambda: self._dispatch(run))
+        else:
+            self._dispatch(run)
+
+    def _pending_upstream(self, run: TaskRun) -> list[TaskRun]:
+        """The upstream runs that must end before ``run`` is dispatched: here, every unfinished one.
+
+        Cluster runners leave out upstream runs on their own engine, which
+        orders them itself.
+        """
+        return run.pending_upstream()
+
+    @abc.abstractmethod
+    def _dispatch(self, run: TaskRun) -> None:
+        """Execute ``run``, whose upstream runs have all ended, and finish it."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _settled(value: PrefectFuture | State) -> Any:
+    """A future's (waited for) or a state's value if it completed; else the future or state itself.
+
+    What did not complete is not mapped over: it is passed to every run, whose
+    own upstream rules (NotReady, ``allow_failure``) then apply.
+    """
+    if isinstance(value, PrefectFuture):
+        value.wait()
+        return value.result() if value.state.is_completed() else value
+    return value.result() if value.is_completed() else value
+
+
+def _collapse_var_keyword(call: dict[str, Any], signature: Any) -> dict[str, Any]:
+    named = set(signature.names)
+    extra = {k: call.pop(k) for k in list(call) if k not in named}
+    call[signature.var_keyword] = extra
+    return call
+
+
+def _check_task(runner: TaskRunner, task: Any, method: str) -> None:
+    if not isinstance(task, Task):
+        raise TypeError(
+            f"{type(runner).__name__}.{method}() takes a task, got {task!r}. Decorate the "
+            "function with @task, or wrap it: task(fn)."
+        )
+
+
+__all__ = ["TaskRunner"]

@@ -1,0 +1,235 @@
+"""What the Dask and Ray runners share: runs handed to a cluster engine with their upstream futures.
+
+A run goes to the engine as soon as its upstream runs on the same engine
+have been *submitted*: their engine futures are passed as dependencies, so the
+engine orders the runs and moves their data between workers. Values stay on
+the cluster until read (:mod:`nbflow.runners.wire.results`).
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+import threading
+from typing import Any, NamedTuple
+
+from nbflow.completion import when_all_done
+from nbflow.exceptions import MissingDependencyError, SerializationError
+from nbflow.futures import PrefectFuture
+from nbflow.records import TaskRun
+from nbflow.runners.base import TaskRunner
+from nbflow.runners.wire.driver import complete, crash, fail, track, untrack
+from nbflow.runners.wire.payload import Payloads
+from nbflow.runners.wire.results import Fetcher
+from nbflow.runners.wire.worker import Channel
+from nbflow.states import StateType
+
+logger = logging.getLogger("nbflow.runners")
+
+
+def require(module: str, extra: str, runner: str) -> Any:
+    """Import an optional engine, or raise MissingDependencyError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{runner} needs the {module!r} package, which is not installed. "
+            f'Install it with: pip install "nbflow[{extra}]"'
+        ) from exc
+
+
+
+
+class Outgoing(NamedTuple):
+    """A run on its way to the engine."""
+
+    run: TaskRun
+    payload: bytes
+    upstream: list[TaskRun]  # its upstream runs on the engine...
+    handles: list[Any]  # ...and their engine futures
+
+
+class ClusterTaskRunner(TaskRunner):
+    """Base of the runners whose task runs execute on a cluster engine (Dask, Ray).
+
+    A run goes to the engine as soon as its upstream runs on the same engine
+    have been *submitted*: their engine futures are passed as dependencies, so
+    the engine orders the runs and moves their data between workers. Upstream
+    runs elsewhere (a parent flow's threads, another runner) are waited for on
+    the driver first. The engine's completion callback ends each run; there is
+    no polling loop. Subclasses say how to start and stop the engine, submit a
+    payload, watch its outcome and gather values. The runs one ``.map`` call
+    dispatches go to the engine together.
+    """
+
+    #: The future class ``submit`` returns.
+    future_class: type[PrefectFuture] = PrefectFuture
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._payloads: Payloads | None = None  # made when the engine starts
+        self._handles: dict[TaskRun, Any] = {}  # runs on the engine -> engine future(s)
+        self._consumed: set[TaskRun] = set()  # runs whose value a downstream run on the engine uses
+        self._fetcher: Fetcher | None = None
+        self._start_lock = threading.Lock()
+        self._batch = threading.local()  # .runs: where this thread's map collects its runs
+
+    # -- what each engine provides ----------------------------------------------------
+    @abc.abstractmethod
+    def _start(self) -> tuple[str, Channel]:
+        """Start or connect to the engine; return a description of it for messages, and the
+        channel its workers send live messages on."""
+
+    @abc.abstractmethod
+    def _submit(self, batch: list[Outgoing]) -> list[Any]:
+        """Hand each payload to the engine with its upstream engine futures; return their handles."""
+
+    @abc.abstractmethod
+    def _watch(self, run: TaskRun, handle: Any, upstream: list[TaskRun]) -> None:
+        """Arrange for :meth:`finish_run` or :meth:`engine_failed` when ``handle`` is done."""
+
+    @abc.abstractmethod
+    def _gather(self, handles: list[Any]) -> list[bytes]:
+        """The pickled values held under ``handles`` on the cluster."""
+
+    @abc.abstractmethod
+    def _cancel(self, handle: Any) -> None:
+        """Drop ``handle``'s work from the engine if it has not started."""
+
+    @abc.abstractmethod
+    def _stop(self) -> None:
+        """Disconnect, and stop what :meth:`_start` started (only that)."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> "ClusterTaskRunner":
+        super().__enter__()
+        self._ensure_started()
+        return self
+
+    def _ensure_started(self) -> None:
+        if self._fetcher is None:
+            with self._start_lock:
+                if self._fetcher is None:
+                    where, channel = self._start()
+                    self._payloads = Payloads(type(self).__name__, channel)
+                    self._fetcher = Fetcher(self._gather, where, self._consumed)
+
+    def shutdown(self) -> None:
+        """Fetch the unconsumed values still on the cluster (one batch), then stop what was started."""
+        with self._start_lock:
+            fetcher, self._fetcher = self._fetcher, None
+        if fetcher is None:
+            return
+        try:
+            fetcher.release()
+        except Exception:
+            logger.warning("%r: results left on the cluster could not be fetched", self, exc_info=True)
+        self._handles.clear()
+        self._consumed.clear()
+        try:
+            self._stop()
+        except Exception:
+            logger.warning("%r: stopping the engine failed", self, exc_info=True)
+        for run in self._runs:  # nothing is left unfinished silently
+            if not run.done:
+                crash(run, f"{type(self).__name__} shut down before the run finished.")
+
+    # -- scheduling -------------------------------------------------------------------------
+    def _future(self, run: TaskRun) -> PrefectFuture:
+        return self.future_class(run)
+
+    def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
+        batch: list[Outgoing] = []
+        self._batch.runs = batch
+        try:
+            return super().map(task, parameters, wait_for)
+        finally:
+            self._batch.runs = None
+            if batch:
+                self._send(batch)
+
+    map.__doc__ = TaskRunner.map.__doc__
+
+    def _pending_upstream(self, run: TaskRun) -> list[TaskRun]:
+        handles = self._handles
+        return [dep for dep in run.pending_upstream() if dep not in handles]
+
+    def _dispatch(self, run: TaskRun) -> None:
+        if run.done:  # cancelled while it waited for upstream runs
+            return
+        self._ensure_started()
+        run.take_context()  # context variables stay on the driver
+        deps = run.dependencies
+        upstream: dict[TaskRun, Any] = {}
+        for dep, _ in deps or ():
+            handle = self._handles.get(dep)
+            if handle is not None:
+                upstream[dep] = handle
+        try:
+            payload = self._payloads.build(  # type: ignore[union-attr]
+                run, run.parameters, deps, list(upstream), self._consumed
+            )
+        except SerializationError as exc:
+            fail(run, exc)
+            return
+        outgoing = Outgoing(run, payload, list(upstream), list(upstream.values()))
+        batch = getattr(self._batch, "runs", None)
+        if batch is None:
+            self._send([outgoing])
+        else:
+            batch.append(outgoing)
+
+    def _send(self, batch: list[Outgoing]) -> None:
+        for outgoing in batch:
+            track(outgoing.run)
+        try:
+            handles = self._submit(batch)
+        except Exception as exc:
+            for outgoing in batch:
+                crash(outgoing.run, f"{type(self).__name__} could not hand it to the engine ({exc!r}).", exc)
+            return
+        for outgoing, handle in zip(batch, handles):
+            self._handles[outgoing.run] = handle
+            self._watch(outgoing.run, handle, outgoing.upstream)
+            outgoing.run.add_done_callback(self._withdraw_if_cancelled)
+
+    def _withdraw_if_cancelled(self, run: TaskRun) -> None:
+        # A run cancelled on the driver before it started leaves the engine too.
+        if run.states[-1].type is StateType.CANCELLED:
+            handle = self._handles.get(run)
+            if handle is not None:
+                self._cancel(handle)
+
+    # -- outcomes (called from the engine's callback threads) ---------------------------------
+    def finish_run(self, run: TaskRun, record_blob: bytes, handle: Any) -> None:
+        """End ``run`` with the record its engine task returned (called from the engine's callbacks)."""
+        fetcher = self._fetcher
+        if fetcher is None:  # the runner shut down meanwhile: the value is out of reach
+            crash(run, f"{type(self).__name__} shut down before its result was fetched.")
+        else:
+            complete(run, record_blob, fetcher=fetcher, handle=handle)
+
+    def engine_failed(self, run: TaskRun, error: BaseException, upstream: list[TaskRun]) -> None:
+        """The engine failed ``run`` without a record: its worker died, it was cancelled, or an
+        upstream engine future failed (engines fail dependents without running them).
+
+        In the last case the run goes back through scheduling, now with that
+        upstream run ended on the driver, so NotReady or ``allow_failure``
+        apply as for any failed upstream.
+        """
+        self._handles.pop(run, None)
+        if run.done:
+            untrack(run)
+            return
+
+        def decide() -> None:
+            if any(dep not in self._handles for dep in upstream):
+                self._schedule(run)
+            else:
+                crash(run, f"the engine lost it ({type(error).__name__}: {error})", error)
+
+        when_all_done(upstream, decide)
+
+
+__all__ = ["require", "Outgoing", "ClusterTaskRunner"]

@@ -1,0 +1,56 @@
+"""ThreadPoolTaskRunner: task runs in threads of this process (the default runner)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from nbflow import engine, settings
+from nbflow.records import TaskRun
+from nbflow.runners.base import TaskRunner
+from nbflow.runners.worker_pool import WorkerPool
+
+
+class ThreadPoolTaskRunner(TaskRunner):
+    """Runs task runs in threads of this process (the default runner).
+
+    ``max_workers`` caps how many run at once (default: no small cap, as
+    Prefect). A task that waits on tasks it submitted never deadlocks: its
+    thread lends its slot while it waits.
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        super().__init__()
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"ThreadPoolTaskRunner(max_workers={max_workers}): need at least 1 worker")
+        self.max_workers = max_workers
+        self._pool: WorkerPool | None = None
+        self._pool_lock = threading.Lock()
+
+    def duplicate(self) -> "ThreadPoolTaskRunner":
+        return type(self)(max_workers=self.max_workers)
+
+    def _dispatch(self, run: TaskRun) -> None:
+        pool = self._pool
+        if pool is None:
+            pool = self._start_pool()
+        pool.submit(run)
+
+    def _start_pool(self) -> WorkerPool:
+        with self._pool_lock:
+            if self._pool is None:
+                limit = self.max_workers or settings.current.thread_pool_max_workers or sys.maxsize
+                self._pool = WorkerPool(engine.run_here, limit, "nbflow-worker")
+            return self._pool
+
+    def shutdown(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
+
+    def __repr__(self) -> str:
+        return f"ThreadPoolTaskRunner(max_workers={self.max_workers})"
+
+
+__all__ = ["ThreadPoolTaskRunner"]

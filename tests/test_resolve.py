@@ -1,0 +1,121 @@
+"""nbflow.resolve: finding upstream runs in arguments at any depth, and resolving them to values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pydantic
+import pytest
+
+from nbflow import allow_failure, opaque, quote, task
+from nbflow import states as S
+from nbflow.futures import PrefectFuture
+from nbflow.records import TaskRun
+from nbflow.resolve import collect, dependencies, find, resolve, visit
+
+
+@task
+def source(x):
+    return x
+
+
+def finished(value=None, state=None) -> PrefectFuture:
+    """A future of a run that already ended (Completed with ``value``, or in ``state``)."""
+    run = TaskRun(source, None, {})
+    run.claim()
+    run.finish(state if state is not None else S.Completed(data=value))
+    return PrefectFuture(run)
+
+
+@dataclasses.dataclass
+class Pair:
+    left: object
+    right: object
+
+
+class Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+    item: object
+
+
+def test_plain_arguments_need_no_resolution():
+    assert dependencies({"x": 1, "y": "a", "z": None}) is None
+    assert dependencies({"x": [1, [2, {"k": 3}]]}) is None  # looked through: nothing to resolve
+
+
+def test_futures_are_found_at_any_depth_with_duplicates_kept_in_order():
+    a, b = finished(1), finished(2)
+    parameters = {"x": [a, {"k": (b,)}], "y": {a: Pair(b, Model(item={b}))}}
+    deps = dependencies(parameters)
+    assert [run for run, _ in deps] == [a.task_run, b.task_run, a.task_run, b.task_run, b.task_run]
+    assert all(not allowed for _, allowed in deps)
+
+
+def test_allow_failure_marks_its_runs_and_wait_for_adds_runs():
+    a, b, c = finished(1), finished(2), finished(3)
+    deps, special = collect({"x": allow_failure(a)}, wait_for=[b, allow_failure(c)])
+    assert deps == [(a.task_run, True), (b.task_run, False), (c.task_run, True)]
+    assert special
+
+
+def test_resolve_replaces_futures_and_states_and_rebuilds_only_what_changed():
+    a = finished(10)
+    untouched = [1, 2, 3]
+    resolved = resolve({"x": [a, 1], "y": untouched, "z": S.Completed(data=5), "p": Pair(a, 2)})
+    assert resolved["x"] == [10, 1]
+    assert resolved["y"] is untouched
+    assert resolved["z"] == 5
+    assert resolved["p"] == Pair(10, 2)
+
+
+def test_dict_keys_sets_and_pydantic_models_are_resolved():
+    a = finished("k")
+    resolved = resolve({"d": {a: 1}, "s": {a}, "m": Model(item=a)})
+    assert resolved == {"d": {"k": 1}, "s": {"k"}, "m": Model(item="k")}
+
+
+def test_quote_passes_its_value_untouched_and_opaque_resolves_only_the_top():
+    a = finished(1)
+    inner = [a]
+    resolved = resolve({"q": quote(inner), "o": opaque(a), "o2": opaque(inner)})
+    assert resolved["q"] is inner
+    assert resolved["o"] == 1
+    assert resolved["o2"] is inner
+
+
+def test_allow_failure_gives_the_exception_of_a_failed_run_and_none_for_a_not_ready_one():
+    error = ValueError("boom")
+    failed = finished(state=S.Failed(data=error))
+    blocked = TaskRun(source, None, {})
+    blocked.claim()
+    blocked.finish(S.NotReady(message="upstream failed"))
+    resolved = resolve({"f": allow_failure(failed), "n": allow_failure(PrefectFuture(blocked))})
+    assert resolved == {"f": error, "n": None}
+
+
+def test_a_run_given_its_own_future_is_an_error_naming_it():
+    run = TaskRun(source, None, {})
+    with pytest.raises(ValueError, match="depending on itself"):
+        resolve({"x": PrefectFuture(run)}, current_run=run)
+
+
+def test_visit_and_find_reach_futures_inside_annotations():
+    a = finished(1)
+    value = {"k": [allow_failure(a), quote(3)]}
+    assert find(value, PrefectFuture) == [a]
+    replaced = visit(value, on_future=lambda f: "F")
+    assert replaced["k"][0].value == "F"
+
+
+def test_an_argument_that_fails_to_rebuild_raises_from_resolve():
+    @dataclasses.dataclass
+    class Strict:
+        value: object
+
+        def __post_init__(self) -> None:
+            if isinstance(self.value, str):
+                raise TypeError("Strict takes no strings")
+
+    a = finished("a string")
+    with pytest.raises(TypeError, match="Strict takes no strings"):
+        resolve({"s": Strict(a)})

@@ -1,0 +1,118 @@
+"""nbflow.runners.worker_pool: a thread pool whose blocked workers lend their slot."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from nbflow.completion import blocking_wait
+from nbflow.runners.worker_pool import WorkerPool
+
+SAFETY = 10.0
+
+
+class Probe:
+    """Counts how many items execute at once; items wait for a gate before they finish."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.done = threading.Semaphore(0)
+
+    def __call__(self, item) -> None:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            item()
+        finally:
+            with self.lock:
+                self.now -= 1
+            self.done.release()
+
+    def wait_for(self, n: int) -> None:
+        for _ in range(n):
+            assert self.done.acquire(timeout=SAFETY)
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_never_more_than_max_workers_execute_at_once(limit):
+    probe = Probe()
+    pool = WorkerPool(probe, limit, "test-pool")
+    gate = threading.Event()
+    for _ in range(limit * 4):
+        pool.submit(lambda: gate.wait(SAFETY))
+    gate.set()
+    probe.wait_for(limit * 4)
+    pool.shutdown()
+    assert probe.peak <= limit
+
+
+def test_a_blocked_worker_lends_its_slot_so_one_worker_never_deadlocks():
+    probe = Probe()
+    pool = WorkerPool(probe, 1, "test-pool")
+    inner_ran = threading.Event()
+
+    def outer() -> None:
+        pool.submit(inner_ran.set)  # queued behind this one: only a stand-in thread can run it
+        with blocking_wait():
+            assert inner_ran.wait(SAFETY)
+
+    pool.submit(outer)
+    probe.wait_for(2)
+    pool.shutdown()
+    assert inner_ran.is_set()
+
+
+def test_a_resumed_worker_waits_for_a_free_slot():
+    probe = Probe()
+    pool = WorkerPool(probe, 1, "test-pool")
+    release_inner = threading.Event()
+    inner_started = threading.Event()
+
+    def inner() -> None:
+        inner_started.set()
+        release_inner.wait(SAFETY)
+
+    def outer() -> None:
+        pool.submit(inner)
+        with blocking_wait():
+            assert inner_started.wait(SAFETY)
+        # Resuming took the slot back only after inner gave it up.
+
+    pool.submit(outer)
+    assert inner_started.wait(SAFETY)
+    release_inner.set()
+    probe.wait_for(2)
+    pool.shutdown()
+    assert probe.peak <= 2  # outer blocked (not executing) while inner ran
+
+
+def test_threads_are_reused_not_started_per_item():
+    names = []
+    finished = threading.Semaphore(0)
+
+    def record(item) -> None:
+        names.append(threading.current_thread().name)
+        finished.release()
+
+    pool = WorkerPool(record, 4, "test-pool")
+    for _ in range(20):  # one at a time: an idle thread takes each (or one of at most 4)
+        pool.submit(None)
+        assert finished.acquire(timeout=SAFETY)
+    pool.shutdown()
+    assert len(names) == 20 and len(set(names)) <= 4
+
+
+def test_a_shut_down_pool_takes_no_work():
+    pool = WorkerPool(lambda item: None, 2, "test-pool")
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(1)
+
+
+def test_max_workers_must_be_positive():
+    with pytest.raises(ValueError):
+        WorkerPool(lambda item: None, 0, "test-pool")
