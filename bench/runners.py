@@ -122,7 +122,7 @@ def cpu_cases(iterations: int, count: int, dask: Any, ray: Any) -> dict[str, Cal
         ),
     }
     if dask is not None:
-        from nbflow.integrations.dask import DaskTaskRunner
+        from nbflow.task_runners import DaskTaskRunner
 
         cluster, client = dask
         cases["plain Dask (client.map)"] = lambda: timed(
@@ -132,7 +132,7 @@ def cpu_cases(iterations: int, count: int, dask: Any, ray: Any) -> dict[str, Cal
             DaskTaskRunner(address=cluster.scheduler_address), lambda: t_burn.map(work).result()
         )
     if ray is not None:
-        from nbflow.integrations.ray import RayTaskRunner
+        from nbflow.task_runners import RayTaskRunner
 
         remote_burn = ray.remote(burn)
         cases["plain Ray (f.remote)"] = lambda: timed(
@@ -157,7 +157,7 @@ def overhead_cases(n: int, dask: Any, ray: Any) -> dict[str, tuple[str, Callable
 
     cases: dict[str, tuple[str, Callable[[], float]]] = {}
     if dask is not None:
-        from nbflow.integrations.dask import DaskTaskRunner
+        from nbflow.task_runners import DaskTaskRunner
 
         cluster, client = dask
         address = cluster.scheduler_address
@@ -174,7 +174,7 @@ def overhead_cases(n: int, dask: Any, ray: Any) -> dict[str, tuple[str, Callable
             DaskTaskRunner(address=address), map_all
         ))
     if ray is not None:
-        from nbflow.integrations.ray import RayTaskRunner
+        from nbflow.task_runners import RayTaskRunner
 
         remote_inc = ray.remote(inc)
         cases["plain f.remote()"] = ("", lambda: timed(

@@ -11,32 +11,59 @@ one lifecycle, and waiting on an event loop never blocks it.
 task run executes: claim it, resolve its inputs, drive its lifecycle, and end
 it in a final state whatever raises. Inline calls, thread workers and the
 workers of the process, Dask and Ray runners all use it.
+
+Exceptions a task's own code raises end only that run: an ``Exception``
+fails it, any other ``BaseException`` (``SystemExit``, a ``KeyboardInterrupt``
+the code raises, ...) crashes it, and ``.result()`` raises a ``CrashedRun``
+naming the run, caused by the original. Only a real interrupt
+(``KernelInterrupt``: SIGINT while a run's code executes in the main thread,
+the notebook view's Cancel) or an interrupt outside the user's code travels
+on to the caller, after the run has ended.
+
+A task run dispatched to a worker thread that does not react to its deadline
+or to a cancel (it is blocked in C: ``time.sleep``, I/O) is abandoned
+``timeouts.ABANDON_AFTER`` seconds later: its lifecycle carries on in another
+thread (the pool's replacement for the stuck one), so the run ends TimedOut
+or Cancelled on time and a retry starts in that thread; what the stuck call
+returns later is discarded and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 import random
+import sys
 import threading
 import time
 from typing import Any, Callable, Generator, Iterator
 
 from nbflow import states as S
 from nbflow.completion import wait_all_async
-from nbflow.context import task_run_var
-from nbflow.exceptions import TaskRunTimeoutError
+from nbflow.context import flow_run_var, task_run_var
+from nbflow.exceptions import CrashedRun, KernelInterrupt, TaskRunTimeoutError
 from nbflow.records import NOTHING, TaskRun
 from nbflow.resolve import resolve
 from nbflow.states import State, StateType
-from nbflow.timeouts import DeadlineExceeded, deadline
+from nbflow.timeouts import (
+    MAIN_THREAD,
+    DeadlineExceeded,
+    Watch,
+    deadline,
+    hand_over,
+    mark_real_interrupts,
+    restore_interrupts,
+    settle,
+)
 
 logger = logging.getLogger("nbflow.engine")
 
 # What a lifecycle yields, and what the drivers send back:
-CALL = "call"  # (CALL, fn, args, kwargs, timeout, run) -> (ok, value)
-SLEEP = "sleep"  # (SLEEP, seconds) -> None
+CALL = "call"  # (CALL, fn, args, kwargs, timeout, task run or None, on_deadline) -> (ok, value)
+SLEEP = "sleep"  # (SLEEP, seconds, task run or None) -> None (a task run's cancel cuts it short)
 HOOKS = "hooks"  # (HOOKS, hooks, owner, run, state) -> None
 WAIT = "wait"  # (WAIT, completions) -> None
 
@@ -49,6 +76,11 @@ class CancelSignal(BaseException):
     """Raised into a running task run's thread to cancel it (interrupt, Cancel button)."""
 
 
+# What _drive returns when a task run's call was abandoned: another thread carries its lifecycle on.
+_ABANDONED: Any = object()
+_FIRST: Any = object()  # start a lifecycle (rather than send it a reply)
+
+
 # -- drivers ---------------------------------------------------------------------
 def drive(lifecycle: Lifecycle) -> State:
     """Carry out a lifecycle's requests in this thread; return its final state.
@@ -56,11 +88,26 @@ def drive(lifecycle: Lifecycle) -> State:
     An exception raised while carrying out a request (a Ctrl-C during a
     wait, say) is thrown into the lifecycle where it yielded the request.
     """
+    return _drive(lifecycle, _FIRST, None)
+
+
+def _drive(lifecycle: Lifecycle, reply: Any, context: contextvars.Context | None) -> State:
+    """:func:`drive`, starting with ``reply`` sent to the lifecycle (or ``_FIRST``).
+
+    With ``context`` (the Context a dispatched task run executes in), a call
+    of the run that does not react to its deadline or a cancel is abandoned:
+    the lifecycle goes on in another thread and this returns ``_ABANDONED``.
+    """
     try:
-        request = next(lifecycle)
+        request = next(lifecycle) if reply is _FIRST else lifecycle.send(reply)
         while True:
             try:
-                reply = _carry_out(request)
+                if request[0] is CALL:
+                    reply = _call_sync(request, lifecycle, context)
+                    if reply is _ABANDONED:
+                        return _ABANDONED
+                else:
+                    reply = _carry_out(request)
             except BaseException as exc:
                 request = lifecycle.throw(exc)
             else:
@@ -71,10 +118,12 @@ def drive(lifecycle: Lifecycle) -> State:
 
 def _carry_out(request: Request) -> Any:
     kind = request[0]
-    if kind is CALL:
-        return _call_sync(request)
     if kind is SLEEP:
-        time.sleep(request[1])
+        run = request[2]
+        if run is not None:
+            run.pause(request[1])
+        else:
+            time.sleep(request[1])
     elif kind is HOOKS:
         for hook, awaitable in _call_hooks(*request[1:]):
             try:
@@ -107,7 +156,7 @@ async def _carry_out_async(request: Request) -> Any:
     if kind is CALL:
         return await _call_async(request)
     if kind is SLEEP:
-        await asyncio.sleep(request[1])
+        await asyncio.sleep(request[1])  # a cancel meanwhile is seen when it ends (TaskRun.stop_reason)
     elif kind is HOOKS:
         for hook, awaitable in _call_hooks(*request[1:]):
             try:
@@ -119,29 +168,122 @@ async def _carry_out_async(request: Request) -> Any:
     return None
 
 
-def _call_sync(request: Request) -> Outcome:
-    _, fn, args, kwargs, timeout, run = request
+def _call_sync(request: Request, lifecycle: Lifecycle, context: contextvars.Context | None) -> Any:
+    """Call the function of a CALL request here: its outcome ``(ok, value)``, or ``_ABANDONED``.
+
+    A task run's call is watched, so a cancel can interrupt it; a deadline
+    interrupts it too. In the main thread, SIGINT meanwhile raises
+    KernelInterrupt: a real interrupt, unlike a KeyboardInterrupt the code raises.
+    """
+    _, fn, args, kwargs, timeout, run, on_deadline = request
+    main = threading.get_ident() == MAIN_THREAD
+    if run is None and timeout is None:  # a flow body with no deadline: nothing interrupts it
+        return _call_unwatched(fn, args, kwargs, main)
+    watch = Watch() if run is None or context is None or main else _TaskCall(run, lifecycle, context)
+    marked = False
     try:
-        if run is not None:
-            run.attach_thread()
         try:
-            if timeout is None:
-                value = fn(*args, **kwargs)
-            else:
-                with deadline(timeout):  # an async fn only builds its coroutine here
-                    value = fn(*args, **kwargs)
-        finally:
             if run is not None:
-                run.detach_thread()
-        if inspect.isawaitable(value):
-            value = run_coroutine(_with_timeout(value, timeout))
-        return True, value
+                stop = run.attach_call(watch)
+                if stop is not None:
+                    raise stop()
+            if timeout is not None:
+                watch.arm(timeout, on_deadline)
+            if main:
+                marked = mark_real_interrupts()
+            value = fn(*args, **kwargs)
+        finally:
+            watch.claims.append(True)  # first: an interrupt landing from here on cannot undo it
+        ok = True
     except BaseException as exc:  # handed to the lifecycle, which decides
+        ok, value = False, exc
+    raised = watch.raised  # final once empty here: a later interrupter sees the claim and raises nothing
+    if timeout is not None or raised:  # an alarm to disarm, or an interrupt that may still land
+        landed = settle(watch)
+        if landed is not None:
+            ok, value = False, landed
+        raised = watch.raised
+        if watch.claims[0] is True and type(watch) is _TaskCall:
+            watch.forget()  # the timer holds the watch until its deadline: not the run with it
+    if marked:
+        restore_interrupts(marked)
+    if run is not None:
+        run.detach_call(watch)
+    if watch.claims[0] is not True:  # the run went on without this call
+        _discard_late(run, ok, value)
+        return _ABANDONED
+    if raised and (ok or not isinstance(value, (*raised, KernelInterrupt))):
+        ok, value = False, raised[0]()  # the code swallowed its interrupt (or turned it into another error)
+    if ok and inspect.isawaitable(value):  # an async fn only built its coroutine above
+        try:
+            value = run_coroutine(_with_timeout(value, timeout))
+        except BaseException as exc:
+            ok, value = False, exc
+    return ok, value
+
+
+def _call_unwatched(fn: Callable, args: tuple, kwargs: dict, main: bool) -> Outcome:
+    marked = mark_real_interrupts() if main else False
+    try:
+        value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = run_coroutine(value)
+        return True, value
+    except BaseException as exc:
         return False, exc
+    finally:
+        restore_interrupts(marked)
+
+
+class _TaskCall(Watch):
+    """A dispatched task run's call in a worker thread: if it does not react, the run goes on without it."""
+
+    __slots__ = ("run", "lifecycle", "context")
+
+    abandonable = True
+
+    def __init__(self, run: TaskRun, lifecycle: Lifecycle, context: contextvars.Context) -> None:
+        super().__init__()
+        self.run = run
+        self.lifecycle = lifecycle
+        self.context = context
+
+    def forget(self) -> None:
+        """The call ended by itself: let go of the run (called in the call's thread)."""
+        self.run = self.lifecycle = self.context = None
+
+    def abandoned(self, exc: type[BaseException]) -> None:
+        """Carry the run's lifecycle on in another thread, as if the call had raised ``exc`` (timer thread)."""
+        run = self.run
+        logger.warning(
+            "Task run %r did not stop at its %s: it is blocked outside Python code (time.sleep, I/O or a "
+            "C call). nbflow ends the run without it and leaves its thread behind; whatever that thread "
+            "returns later is discarded. Give blocking calls their own timeout to free the thread.",
+            run.name,
+            "deadline" if exc is DeadlineExceeded else "cancel",
+        )
+        context = self.context.copy()  # the run's variables as the call saw them
+        hand_over(self.ident, functools.partial(context.run, _carry_on, run, self.lifecycle, (False, exc()), context))
+
+
+def _carry_on(run: TaskRun, lifecycle: Lifecycle, outcome: Outcome, context: contextvars.Context) -> None:
+    """Drive an abandoned call's lifecycle on from its outcome, and end the run."""
+    try:
+        state = _drive(lifecycle, outcome, context)
+    except BaseException as exc:
+        state = _guard_state(run, exc)
+    _end(run, state)
+
+
+def _discard_late(run: TaskRun, ok: bool, value: Any) -> None:
+    logger.warning(
+        "Task run %r: its abandoned call finally returned (%s); that is discarded, the run stays %s.",
+        run.name, "a value" if ok else type(value).__name__, run.state.name,
+    )
 
 
 async def _call_async(request: Request) -> Outcome:
-    _, fn, args, kwargs, timeout, run = request
+    _, fn, args, kwargs, timeout, _, _ = request
     try:
         if _is_async(fn):
             value = await _with_timeout(fn(*args, **kwargs), timeout)
@@ -221,6 +363,41 @@ def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeou
     return S.Crashed(message=f"{what} crashed with {type(value).__name__}: {value}", data=value)
 
 
+def _task_outcome_state(ok: bool, value: Any, what: str, timeout: float | None) -> State:
+    """:func:`outcome_state` for a task's own code: a BaseException it raises crashes only that run.
+
+    Its state holds a :class:`CrashedRun` naming the run, caused by the
+    original, so that nobody downstream receives the ``SystemExit`` or
+    ``KeyboardInterrupt``. A real interrupt (:class:`KernelInterrupt`) stays
+    as it is: the caller re-raises it.
+    """
+    if ok or isinstance(value, (Exception, DeadlineExceeded, CancelSignal, KernelInterrupt)):
+        return outcome_state(ok, value, what, timeout, TaskRunTimeoutError)
+    return _crash_state(value, what)
+
+
+def _crash_state(exc: BaseException, what: str) -> State:
+    """Crashed, holding a CrashedRun caused by ``exc``, a BaseException ``what``'s code raised."""
+    error = CrashedRun(
+        f"{what} crashed: its code raised {exc!r}. Only this run ended; the flow and other runs go on."
+    )
+    error.__cause__ = exc
+    return S.Crashed(message=str(error), data=error)
+
+
+def surfacing(exc: BaseException) -> BaseException:
+    """What to raise to the caller for ``exc``.
+
+    A real interrupt leaving the outermost run (no flow or task run encloses
+    the caller) is a plain KeyboardInterrupt, as Python's own.
+    """
+    if isinstance(exc, KernelInterrupt) and task_run_var.get() is None and flow_run_var.get() is None:
+        plain = KeyboardInterrupt(*exc.args).with_traceback(exc.__traceback__)
+        plain.__suppress_context__ = True
+        return plain
+    return exc
+
+
 def _call_hooks(hooks: list | None, owner: Any, run: Any, state: State) -> Iterator[tuple[Callable, Any]]:
     """Call ``hook(owner, run, state)`` for each hook; yield ``(hook, awaitable)`` for async hooks to await.
 
@@ -292,7 +469,8 @@ def final_hooks(owner: Any, state: State) -> list | None:
 def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
     """The life of one task run from Running to its final state (cache, retries, hooks)."""
     task = run.task
-    token = task_run_var.set(run)
+    outer = task_run_var.get()  # restored by value: the lifecycle may end in another thread's context
+    task_run_var.set(run)
     run.set_inputs(parameters)  # what nbflow.runtime.task_run.parameters shows
     try:
         if task.task_run_name is not None:
@@ -317,12 +495,21 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
                 return cached
         args, kwargs = task.call_arguments(parameters)
         what = f"Task run {run.name!r}"
+        state: State | None = None  # the last attempt's outcome
         while True:
+            stop = run.stop_reason()
+            if stop is not None:  # cancelled before this attempt, or its flow run is over: it does not start
+                if state is not None:
+                    stop = f"{what} was not retried: {stop} (its last attempt: {state.message})"
+                else:
+                    stop = f"{what} did not start: {stop}; it has no result. Run the flow again to compute it."
+                state = S.Cancelled(message=stop)
+                break
             attempt = run.start_attempt()
             if task.on_running_hooks:
                 yield (HOOKS, task.on_running_hooks, task, run, attempt)
-            ok, value = yield (CALL, task.fn, args, kwargs, task.timeout_seconds, run)
-            state = outcome_state(ok, value, what, task.timeout_seconds, TaskRunTimeoutError)
+            ok, value = yield (CALL, task.fn, args, kwargs, task.timeout_seconds, run, None)
+            state = _task_outcome_state(ok, value, what, task.timeout_seconds)
             if ok and (isinstance(value, State) or S.is_state_iterable(value)):
                 run.note_returned(value)  # an inline call returns it as it is
             elif run.returned is not NOTHING:
@@ -333,7 +520,7 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
                 )
                 run.set_state(S.AwaitingRetry(message=f"Retry {run.run_count} of {task.retries} after: {state.message}"))
                 if delay:
-                    yield (SLEEP, delay)
+                    yield (SLEEP, delay, run)
                 continue
             break
         if cache_key is not None and state.is_completed():
@@ -346,7 +533,7 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
         return state
     finally:
         run.set_inputs(None)
-        task_run_var.reset(token)
+        task_run_var.set(outer)
 
 
 # -- the one guarded path -------------------------------------------------------------------
@@ -399,26 +586,32 @@ def run_here(run: TaskRun) -> State:
 
     Claims the run first (a run already claimed or cancelled is left alone and
     its current state returned), enters the context it was submitted in,
-    waits for and resolves its inputs, then drives its lifecycle. An interrupt
-    (KeyboardInterrupt, SystemExit) ends the run Crashed with the interrupt as
-    its data; callers in the main thread re-raise it after the run has ended.
+    waits for and resolves its inputs, then drives its lifecycle. A real
+    interrupt (KernelInterrupt, or a KeyboardInterrupt outside the task's own
+    code) ends the run Crashed with the interrupt as its data; callers in the
+    thread re-raise it after the run has ended. If the run's call was
+    abandoned, another thread ends the run and this returns its state as it
+    is by then.
     """
     if not run.claim():
         return run.state
     context = run.take_context()
     if context is None:
-        return _run_claimed(run)
-    return context.run(_run_claimed, run)
+        return _run_claimed(run, None)
+    return context.run(_run_claimed, run, context)
 
 
-def _run_claimed(run: TaskRun) -> State:
+def _run_claimed(run: TaskRun, context: contextvars.Context | None) -> State:
     try:
-        inputs = resolve_inputs(run)
-        state = inputs if isinstance(inputs, State) else drive(task_lifecycle(run, inputs))
-    except BaseException as exc:  # an engine bug, bad inputs or an interrupt must still end the run
-        state = _guard_state(run, exc)
-    run.finish(state)
-    return run.state
+        try:
+            inputs = resolve_inputs(run)
+            state = inputs if isinstance(inputs, State) else _drive(task_lifecycle(run, inputs), _FIRST, context)
+        except BaseException as exc:  # an engine bug, bad inputs or an interrupt must still end the run
+            state = _guard_state(run, exc)
+        return _end(run, state)
+    except RecursionError as exc:  # too deep to end the run here: end it with room to spare
+        with_headroom(_end_crashed, run, exc)
+        return run.state  # an inline caller raises the error from it
 
 
 async def run_here_async(run: TaskRun) -> State:
@@ -426,25 +619,58 @@ async def run_here_async(run: TaskRun) -> State:
     if not run.claim():
         return run.state
     try:
-        await wait_all_async(run.pending_upstream())
-        inputs = resolve_inputs(run)
-        state = inputs if isinstance(inputs, State) else await drive_async(task_lifecycle(run, inputs))
-    except BaseException as exc:
-        state = _guard_state(run, exc)
-    run.finish(state)
+        try:
+            await wait_all_async(run.pending_upstream())
+            inputs = resolve_inputs(run)
+            state = inputs if isinstance(inputs, State) else await drive_async(task_lifecycle(run, inputs))
+        except BaseException as exc:
+            state = _guard_state(run, exc)
+        return _end(run, state)
+    except RecursionError as exc:
+        with_headroom(_end_crashed, run, exc)
+        return run.state
+
+
+def _end(run: TaskRun, state: State) -> State:
+    """End ``run`` in ``state`` (unless its lifecycle went on in another thread); return its state."""
+    if state is not _ABANDONED:
+        run.finish(state)
     return run.state
 
 
+def _end_crashed(run: TaskRun, exc: BaseException) -> None:
+    if not run.done:
+        run.finish(S.Crashed(message=f"Task run {run.name!r} could not end normally: {exc!r}", data=exc))
+
+
+def with_headroom(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn(*args)`` with the recursion limit raised a little: bookkeeping after a RecursionError."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 200)
+    try:
+        return fn(*args)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _guard_state(run: TaskRun, exc: BaseException) -> State:
-    """The state a run ends in when the engine itself raised ``exc`` around the user's code."""
+    """The state a run ends in when the engine itself raised ``exc`` around the user's code.
+
+    A KeyboardInterrupt here did not come from the task's code: it is a real
+    interrupt, kept as the state's data for the caller to re-raise.
+    """
     what = f"Task run {run.name!r}"
     if isinstance(exc, Exception):  # e.g. an argument that fails to resolve (a raising __post_init__)
         return S.Failed(message=f"{what} could not start: {type(exc).__name__}: {exc}", data=exc)
-    return outcome_state(False, exc, what, None, TaskRunTimeoutError)
+    if isinstance(exc, (KeyboardInterrupt, DeadlineExceeded, CancelSignal)):
+        return outcome_state(False, exc, what, None, TaskRunTimeoutError)
+    return _crash_state(exc, what)
 
 
 __all__ = [
     "CancelSignal",
+    "surfacing",
+    "with_headroom",
     "drive",
     "drive_async",
     "task_lifecycle",

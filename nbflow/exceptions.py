@@ -20,7 +20,24 @@ class CancelledRun(PrefectException):
 
 
 class CrashedRun(PrefectException):
-    """The run ended abnormally: its worker died or it was interrupted."""
+    """The run ended abnormally: its worker died, it was interrupted, or its code raised a BaseException.
+
+    For a task whose own code raised ``SystemExit``, ``KeyboardInterrupt`` or
+    another ``BaseException``, ``.result()`` raises a CrashedRun naming the run,
+    with the original as its ``__cause__``: only that run ended.
+    """
+
+
+class KernelInterrupt(KeyboardInterrupt):
+    """A real interrupt of the kernel or process, as opposed to a ``KeyboardInterrupt`` raised by a task's code.
+
+    nbflow raises it for SIGINT to the main thread while a flow or task runs
+    there (Ctrl-C, a notebook's "interrupt kernel"); the notebook view's Cancel
+    raises it into a cell's thread. It cancels the flow run (what has not
+    finished is cancelled, what completed is kept), whereas a KeyboardInterrupt
+    a task's own code raises only crashes that task. It is a KeyboardInterrupt,
+    and it leaves the outermost flow or task call as a plain one.
+    """
 
 
 class FailedRun(PrefectException):

@@ -3,9 +3,12 @@
 A flow call runs its body in the calling thread, with a fresh copy of the
 flow's task runner for the tasks it submits. When the body returns, task runs
 nobody waited for are waited for (and named in a warning), returned futures
-become their final states, and the runner is shut down. A KeyboardInterrupt
-(a notebook's "interrupt kernel") cancels what has not started and what is
-running, keeps what completed, and is re-raised.
+become their final states, and the runner is shut down. An interrupt of the
+body (Ctrl-C, a notebook's "interrupt kernel", the view's Cancel) cancels what
+has not started and what is running, keeps what completed, and is re-raised;
+a KeyboardInterrupt or SystemExit raised by a task's own code only crashes
+that task run. A timeout (``timeout_seconds``) ends the body and stops its
+task runs, off the main thread too.
 """
 
 from __future__ import annotations
@@ -147,10 +150,20 @@ class Flow(MethodDescriptor, Generic[P, R]):
         lifecycle = _call_lifecycle(self, flow_run, wait_for)
         if self.isasync:
             return self._call_async(flow_run, lifecycle, return_state)
-        return _outcome(flow_run, engine.drive(lifecycle), return_state)
+        try:
+            state = engine.drive(lifecycle)
+        except BaseException as exc:
+            _end_escaped(flow_run, exc)
+            raise engine.surfacing(exc)
+        return _outcome(flow_run, state, return_state)
 
     async def _call_async(self, flow_run: FlowRun, lifecycle: Generator[Any, Any, State], return_state: bool) -> Any:
-        return _outcome(flow_run, await engine.drive_async(lifecycle), return_state)
+        try:
+            state = await engine.drive_async(lifecycle)
+        except BaseException as exc:
+            _end_escaped(flow_run, exc)
+            raise engine.surfacing(exc)
+        return _outcome(flow_run, state, return_state)
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"
@@ -205,11 +218,32 @@ def _wait_for_upstream(wait_for: Iterable[Any] | None) -> Generator[Any, Any, St
     return None
 
 
+def _end_escaped(flow_run: FlowRun, exc: BaseException) -> None:
+    """End a flow run whose lifecycle raised ``exc`` (a RecursionError from deeply nested subflows, say).
+
+    No record is left Pending or Running: the run ends Crashed (Cancelled for
+    an interrupt), its subflow runs that never started end Crashed, and the
+    caller gets ``exc``.
+    """
+    def crash() -> None:
+        what = f"Flow run {flow_run.name!r}"
+        if isinstance(exc, KeyboardInterrupt):  # an interrupt outside the body (in a hook, a wait)
+            state = S.Cancelled(message=f"{what} was interrupted.", data=exc)
+        else:
+            state = S.Crashed(message=f"{what} could not finish: {type(exc).__name__}: {exc}", data=exc)
+        flow_run.crash_unfinished(state)
+
+    if isinstance(exc, RecursionError):
+        engine.with_headroom(crash)
+    else:
+        crash()
+
+
 def _outcome(flow_run: FlowRun, state: State, return_state: bool) -> Any:
     """What a flow call gives its caller once the run ended in ``state``."""
     state.mark_run(flow_run.int_id)  # a run's state: a parent flow returning it aggregates it
     if isinstance(state.data, (KeyboardInterrupt, SystemExit)):
-        raise state.data
+        raise engine.surfacing(state.data)
     if return_state:
         return state
     if state.data_returned and not isinstance(state.data, State):
@@ -238,8 +272,13 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
             attempt = flow_run.start_attempt(runner)
             if flow.on_running_hooks:
                 yield (engine.HOOKS, flow.on_running_hooks, flow, flow_run, attempt)
+            on_deadline = None
+            if flow.timeout_seconds is not None:  # off the main thread, waits in the body end when its runs do
+                on_deadline = functools.partial(
+                    _cancel_unfinished, flow_run, f"{what} exceeded its timeout of {flow.timeout_seconds} seconds", True
+                )
             try:
-                ok, value = yield (engine.CALL, flow.fn, args, kwargs, flow.timeout_seconds, None)
+                ok, value = yield (engine.CALL, flow.fn, args, kwargs, flow.timeout_seconds, None, on_deadline)
                 if ok:
                     value = yield from _settle(flow_run, value)
             except KeyboardInterrupt as interrupt:
@@ -251,20 +290,23 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
                     "not finished were cancelled, completed ones kept."
                 )
             if not state.is_completed():
-                still_running = _cancel_unfinished(
-                    flow_run,
-                    f"{what} ended {state.name}: {state.message}",
-                    interrupt=state.is_cancelled() or state.name == "TimedOut",
-                )
-                if still_running:  # a failed body lets started runs finish: what they compute is kept
-                    yield (engine.WAIT, still_running)
+                interrupt = state.is_cancelled() or state.name == "TimedOut"
+                still_running = _cancel_unfinished(flow_run, f"{what} ended {state.name}: {state.message}", interrupt)
+                try:  # a failed body lets started runs finish (what they compute is kept); stopped ones end soon
+                    if still_running:
+                        yield (engine.WAIT, still_running)
+                except KeyboardInterrupt as again:  # stop waiting: the runs are stopped, they end on their own
+                    if not interrupt:
+                        state = _body_state(flow_run, False, again, what, None)
+                        _cancel_unfinished(flow_run, f"{what} was interrupted", interrupt=True)
             runner.shutdown()
             if engine.should_retry(flow, flow_run, state):
                 flow_run.set_state(S.AwaitingRetry(message=f"Retry {flow_run.run_count} of {flow.retries}"))
                 if flow.retry_delay_seconds:
-                    yield (engine.SLEEP, float(flow.retry_delay_seconds))
+                    yield (engine.SLEEP, float(flow.retry_delay_seconds), None)
                 continue
             break
+        flow_run.crash_unfinished_subflows()
         flow_run.set_state(state)
         hooks = engine.final_hooks(flow, state)
         if hooks:
@@ -310,10 +352,14 @@ def _settle(flow_run: FlowRun, value: Any) -> Generator[Any, Any, Any]:
 
 
 def _cancel_unfinished(flow_run: FlowRun, reason: str, interrupt: bool) -> list[TaskRun]:
-    """Cancel task runs that have not started; interrupt running ones, or return them to wait for.
+    """Cancel task runs that have not started; interrupt running ones, or let them finish.
 
-    A failed body lets started runs finish (what they compute is kept); an
-    interrupt, a timeout or a cancel stops them at their next bytecode.
+    A failed body lets started runs finish (what they compute is kept): they
+    are returned to wait for. An interrupt, a timeout or a cancel stops them:
+    at their next bytecode, or, for a run in a worker thread blocked in C,
+    by ending it without its thread (``timeouts.ABANDON_AFTER`` seconds
+    later); those that will end so are returned to wait for. A run waiting
+    to retry does not retry.
     """
     unfinished = flow_run.unfinished_task_runs()
     for run in unfinished:
@@ -321,18 +367,19 @@ def _cancel_unfinished(flow_run: FlowRun, reason: str, interrupt: bool) -> list[
     running = [run for run in unfinished if not run.done]
     if not interrupt:
         return running
-    for run in running:
-        run.interrupt(engine.CancelSignal)
+    ending = [run for run in running if run.interrupt(engine.CancelSignal)]
     if flow_run.task_runner is not None:
         flow_run.task_runner.cancel_all(reason)
-    return []
+    return ending
 
 
 def cancel_flow_run(flow_run: FlowRun, reason: str = "cancelled by the user") -> None:
     """Cancel a flow run: its task runs that have not started, and interrupt running ones.
 
-    What completed is kept, and the flow run ends Cancelled. Used by the
-    notebook view's Cancel button; safe to call from any thread.
+    What completed is kept, and the flow run ends Cancelled when its body
+    returns (its call raises CancelledRun), even if the body completed. A run
+    waiting to retry does not retry. Used by the notebook view's Cancel
+    button; safe to call from any thread, and from the flow's own code.
     """
     flow_run.request_cancel(reason)
     _cancel_unfinished(flow_run, reason, interrupt=True)

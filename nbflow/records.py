@@ -80,7 +80,8 @@ class TaskRun(Completion):
         "_started",
         "_dependencies",
         "_resolved",
-        "_thread_id",
+        "_call",
+        "_stop",
         "_context",
         "_inputs",
         "_returned",
@@ -114,7 +115,8 @@ class TaskRun(Completion):
         # None: the parameters hold nothing to resolve; otherwise what to wait for first.
         self._dependencies = dependencies
         self._resolved = False  # someone asked for the result, or depended on it
-        self._thread_id: int | None = None
+        self._call: Any = None  # what the run is doing that an interrupt can stop (a Watch, a _Pause)
+        self._stop: type[BaseException] | None = None  # the interrupt asked for (a cancel), if any
         # Context variables as they were at submit time, entered where the run
         # executes (as Prefect does): user ContextVars and tags reach the task.
         self._context = context
@@ -315,29 +317,90 @@ class TaskRun(Completion):
             self.run_count = run_count
         return self.finish(state)
 
-    # -- the thread executing it (so that a cancel can interrupt it) ---------------
-    def attach_thread(self) -> None:
-        """The run's code starts executing in this thread."""
-        self._thread_id = threading.get_ident()
+    def resume(self, states: tuple[State, ...], run_count: int) -> None:
+        """Take up, in a worker's shell that has not started, a run whose earlier attempts ran elsewhere.
 
-    def detach_thread(self) -> None:
-        """The run's code stopped executing in this thread."""
-        with self._lock:  # an interrupt is either raised before this, or not at all
-            self._thread_id = None
+        ``states`` are the states the run entered so far (its driver's record,
+        ``Pending`` first) and ``run_count`` its attempts: the next attempt is
+        a retry, numbered on from them. Nothing is published (the driver has them).
+        """
+        self.states[:] = states
+        self.run_count = run_count
+
+    # -- what is executing it (so that a cancel can stop it) ---------------------------
+    def attach_call(self, call: Any) -> type[BaseException] | None:
+        """The run's code starts executing under ``call`` (a ``timeouts.Watch``).
+
+        Returns the interrupt asked for before it started, which the caller
+        raises at once (None if there was none).
+        """
+        self._call = call
+        return self._stop
+
+    def detach_call(self, call: Any) -> None:
+        """``call`` stopped executing the run's code."""
+        if self._call is call:
+            self._call = None
 
     def interrupt(self, exc: type[BaseException]) -> bool:
-        """Raise ``exc`` in the thread executing the run, at its next bytecode; False if none is."""
-        from nbflow.timeouts import interrupt_thread
+        """Stop the executing run with ``exc``: raised in its call, or ending its wait before a retry.
 
+        No attempt starts after it. Returns True if the run will end by itself
+        shortly (a call that is abandoned unless it reacts, or a wait cut
+        short); False if it had ended or nothing stoppable is executing.
+        """
         with self._lock:
-            ident = self._thread_id
-            if ident is None or self._done:
+            if self._done:
                 return False
-            interrupt_thread(ident, exc)
-        return True
+            if self._stop is None:
+                self._stop = exc
+            call = self._call
+        if call is None:
+            return False
+        return call.interrupt(exc) and call.abandonable
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before a retry; an interrupt (a cancel) ends the wait at once."""
+        pause = _Pause()
+        self._call = pause
+        if self._stop is None:
+            pause.event.wait(seconds)
+        self._call = None
+
+    def stop_reason(self) -> str | None:
+        """Why no attempt may start now: the run was interrupted, or its flow run was cancelled.
+
+        Before a retry, also once its flow run has ended.
+        """
+        if self._stop is not None:
+            return "it was cancelled"
+        flow_run = self.flow_run
+        reason = getattr(flow_run, "cancel_reason", None)  # a worker's stand-in has neither cancel nor state
+        if reason is not None:
+            return f"its flow run was cancelled ({reason})"
+        if self.run_count:
+            state = getattr(flow_run, "state", None)
+            if state is not None and state.is_final():
+                return f"its flow run had ended {state.name}"
+        return None
 
     def __repr__(self) -> str:
         return f"TaskRun(name={self.name!r}, state={self.state.name})"
+
+
+class _Pause:
+    """A run's wait before a retry, which an interrupt ends early."""
+
+    __slots__ = ("event",)
+
+    abandonable = True  # an interrupted wait ends at once
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def interrupt(self, exc: type[BaseException]) -> bool:
+        self.event.set()
+        return True
 
 
 class FlowRun:
@@ -450,6 +513,32 @@ class FlowRun:
         """Note that the run was cancelled (it ends Cancelled when its body returns)."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
+
+    def crash_unfinished(self, state: State) -> None:
+        """End the run in ``state`` (a Crashed one) if it has not ended, and its subflow runs that never started.
+
+        For a run whose lifecycle was cut short (a RecursionError from deeply
+        nested subflows): no record is left Pending or Running.
+        """
+        current = self.states[-1]
+        if not (current.is_final() or current.name == "NotReady"):
+            self.set_state(state)
+        self.crash_unfinished_subflows()
+
+    def crash_unfinished_subflows(self) -> None:
+        """End Crashed the subflow runs of this run that never started (an error cut them short as they were made).
+
+        Called as the run ends. A subflow run that started ends itself, even
+        when its lifecycle is cut short (see ``crash_unfinished``).
+        """
+        from nbflow.states import Crashed
+
+        for sub in self.subflow_runs:
+            if sub.run_count == 0 and sub.states[-1].name == "Pending":
+                sub.set_state(
+                    Crashed(message=f"Flow run {sub.name!r} never started: an error (e.g. a RecursionError) "
+                            f"cut it short as it was created; its parent {self.name!r} ended it.")
+                )
 
     def unfinished_task_runs(self) -> list[TaskRun]:
         """Task runs of this run and of its subflow runs that have not ended."""

@@ -198,9 +198,15 @@ class Task(MethodDescriptor, Generic[P, R]):
 
 
 def _inline_outcome(run: TaskRun, state: State, return_state: bool) -> Any:
-    """What an inline call gives: the state, what the task returned if that was states, or the result."""
-    if isinstance(state.data, (KeyboardInterrupt, SystemExit)):
-        raise state.data
+    """What an inline call gives: the state, what the task returned if that was states, or the result.
+
+    A real interrupt that ended the run is raised on (a BaseException of the
+    task's own code is in its state as a CrashedRun, and raises only if asked).
+    """
+    if isinstance(state.data, KeyboardInterrupt):
+        from nbflow import engine
+
+        raise engine.surfacing(state.data)
     if return_state:
         return state
     if run.returned is not NOTHING:

@@ -1,22 +1,46 @@
-"""Deadlines for sync code: ``with deadline(seconds, on_expiry):``.
+"""Deadlines and interrupts for code running in a thread, and what to do when it does not react.
 
-In the main thread (with no alarm already set) a SIGALRM interrupts the
-block even inside ``time.sleep``. In other threads one shared timer thread
-raises the exception in the late thread between two bytecodes (CPython's
-``PyThreadState_SetAsyncExc``): code blocked in C is interrupted when it
-returns to Python, so a late run never completes as if it were on time.
+A :class:`Watch` stands for one call running in one thread. Other threads may
+interrupt it (:meth:`Watch.interrupt`): the exception is raised in the call's
+thread at its next bytecode (CPython's ``PyThreadState_SetAsyncExc``), which
+stops code running Python at once. Code blocked in C (``time.sleep``, I/O, a
+C extension) only sees it when it returns to Python, so a watch that can be
+*abandoned* gives up on such a call :data:`ABANDON_AFTER` seconds later: its
+owner carries on without it (nbflow ends the task run and its worker thread
+is replaced) and what the call returns later is discarded.
+
+A deadline (:meth:`Watch.arm`, or ``with deadline(seconds):``) is an
+interrupt at a set time: in the main thread a SIGALRM interrupts even
+``time.sleep``; in other threads one shared timer thread raises
+:class:`DeadlineExceeded`. Code that swallows it still overran: the call
+counts as timed out.
+
+While a flow or task runs code in the main thread, SIGINT raises
+:class:`~nbflow.exceptions.KernelInterrupt` (:func:`mark_real_interrupts`), so
+that a real interrupt is told from a ``KeyboardInterrupt`` that code raises.
 """
 
 from __future__ import annotations
 
+import _signal  # signal's C functions: the public wrappers convert numbers to enums (~5 us a call)
 import contextlib
 import ctypes
 import heapq
 import itertools
+import logging
 import signal
 import threading
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator, Protocol
+
+from nbflow.exceptions import KernelInterrupt
+
+logger = logging.getLogger("nbflow.timeouts")
+
+#: Seconds an interrupted call may take to react before an abandonable watch gives up on it.
+ABANDON_AFTER = 0.2
+
+MAIN_THREAD = threading.main_thread().ident
 
 
 class DeadlineExceeded(BaseException):
@@ -30,7 +54,7 @@ def _set_async_exc(ident: int, exc: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
 
 
-def absorb_pending(exc: type[BaseException]) -> None:
+def absorb_pending(exc: type[BaseException] | tuple[type[BaseException], ...]) -> None:
     """Let an ``exc`` that was raised into this thread but not delivered yet land here, and drop it.
 
     Clearing it instead (``PyThreadState_SetAsyncExc`` with NULL) leaves the
@@ -45,8 +69,14 @@ def absorb_pending(exc: type[BaseException]) -> None:
         pass
 
 
+def interrupt_thread(ident: int, exc: type[BaseException]) -> None:
+    """Raise ``exc`` in thread ``ident`` at its next bytecode (the notebook layer stops a cell's body with it)."""
+    _set_async_exc(ident, exc)
+
+
+# -- the timer thread -------------------------------------------------------------------
 class _Timer:
-    """One daemon thread holding a heap of (when, entry) deadlines."""
+    """One daemon thread calling ``action(arg)`` at set times, for watches whose call has not ended."""
 
     def __init__(self) -> None:
         self._heap: list = []
@@ -54,74 +84,131 @@ class _Timer:
         self._thread: threading.Thread | None = None
         self._seq = itertools.count()
 
-    def add(self, when: float, entry: "_Entry") -> None:
+    def add(self, when: float, watch: "Watch", action: Callable[[Any], Any], arg: Any) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (when, next(self._seq), entry))
+            heapq.heappush(self._heap, (when, next(self._seq), watch, action, arg))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="nbflow-deadlines", daemon=True)
                 self._thread.start()
             self._cond.notify()
 
     def _loop(self) -> None:
-        with self._cond:
-            while True:
-                while self._heap and self._heap[0][2].finished:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                when, _, entry = self._heap[0]
-                delay = when - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
-                    continue
-                heapq.heappop(self._heap)
-                entry.fire()
-
-
-class _Entry:
-    __slots__ = ("ident", "finished", "fired", "lock")
-
-    def __init__(self, ident: int) -> None:
-        self.ident = ident
-        self.finished = False
-        self.fired = False
-        self.lock = threading.Lock()
-
-    def fire(self) -> None:
-        with self.lock:
-            if not self.finished:
-                self.fired = True
-                _set_async_exc(self.ident, DeadlineExceeded)
-
-    def finish(self) -> None:
-        """The block ended (called in its thread): a deadline that fired too late is absorbed here."""
-        with self.lock:
-            self.finished = True
-            fired = self.fired
-        if fired:
-            absorb_pending(DeadlineExceeded)
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][2].claims:  # its call has ended
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    delay = self._heap[0][0] - time.monotonic()
+                    if delay > 0:
+                        self._cond.wait(delay)
+                        continue
+                    _, _, _, action, arg = heapq.heappop(self._heap)
+                    break
+            try:  # outside the lock: an action may arm deadlines of its own
+                action(arg)
+            except Exception:
+                logger.exception("nbflow's deadline timer: %r failed", action)
 
 
 _timer = _Timer()
+_interrupt_lock = threading.Lock()  # interrupters of every watch take turns; the watched thread never waits long
 
 
-@contextlib.contextmanager
-def deadline(seconds: float | None) -> Iterator[None]:
-    """Raise :class:`DeadlineExceeded` in the block if it runs longer than ``seconds``."""
-    if seconds is None:
-        yield
-        return
-    if threading.current_thread() is threading.main_thread() and _alarm_free():
-        with _alarm(seconds):
-            yield
-        return
-    entry = _Entry(threading.get_ident())
-    _timer.add(time.monotonic() + seconds, entry)
-    try:
-        yield
-    finally:
-        entry.finish()
+# -- watches ------------------------------------------------------------------------------------
+class Watch:
+    """One call running in the thread that created the watch, which others may interrupt.
+
+    The watched thread ends the watch in two steps, in this order:
+    ``watch.claims.append(True)`` as the first statement of a ``finally``
+    around the call (a list append cannot be cut short by an interrupt landing,
+    unlike a method call), then :meth:`settle` (repeat it if an interrupt of
+    this watch lands inside it); ``settle`` is needed only if ``raised`` (the
+    interrupts raised into the call) is not empty then, or a deadline was
+    armed. The first item of ``claims`` says who ended the call: ``True`` the
+    call itself, ``False`` someone who abandoned it.
+
+    A subclass that sets ``abandonable = True`` and defines :meth:`abandoned`
+    gives up on a call that has not reacted to an interrupt
+    :data:`ABANDON_AFTER` seconds later.
+    """
+
+    __slots__ = ("ident", "claims", "raised", "_alarm", "_then")
+
+    abandonable = False
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+        self.claims: list[bool] = []
+        self.raised: tuple[type[BaseException], ...] = ()  # the interrupts raised into the call
+        self._alarm: tuple | None = None  # (the SIGALRM handler to restore,) when a deadline set an alarm
+        self._then: Callable[[], Any] | None = None  # what else to stop at the deadline (held here, not by the timer)
+
+    def arm(self, seconds: float, then: Callable[[], Any] | None = None) -> None:
+        """Interrupt the call with DeadlineExceeded ``seconds`` from now; then call ``then()``.
+
+        In the main thread, with no alarm set, a SIGALRM interrupts it even in
+        ``time.sleep`` (and ``then`` is not needed: the call unwinds). Elsewhere
+        the timer thread raises it, and calls ``then``: what else should stop.
+        """
+        if self.ident == MAIN_THREAD and _alarm_free():
+            self._alarm = (signal.signal(signal.SIGALRM, self._on_alarm),)
+            signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-6))
+            return
+        self._then = then
+        _timer.add(time.monotonic() + seconds, self, self._expire, None)
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        if not self.claims:
+            self.raised += (DeadlineExceeded,)
+            raise DeadlineExceeded()
+
+    def _expire(self, _: Any) -> None:
+        then = self._then
+        if self.interrupt(DeadlineExceeded) and then is not None:
+            then()
+
+    def interrupt(self, exc: type[BaseException]) -> bool:
+        """Raise ``exc`` in the call's thread at its next bytecode; False if the call has ended.
+
+        An abandonable watch gives up on the call if it has not ended
+        :data:`ABANDON_AFTER` seconds later.
+        """
+        with _interrupt_lock:
+            # Noted before looking: the watched thread, once it has claimed its end, reads
+            # ``raised`` without the lock, and settles if anything may have been raised.
+            self.raised += (exc,)
+            if self.claims:
+                self.raised = self.raised[:-1]
+                return False
+            _set_async_exc(self.ident, exc)
+        if self.abandonable:
+            _timer.add(time.monotonic() + ABANDON_AFTER, self, self._abandon, exc)
+        return True
+
+    def _abandon(self, exc: type[BaseException]) -> None:
+        claims = self.claims
+        claims.append(False)
+        if claims[0] is False:
+            self.abandoned(exc)
+
+    def abandoned(self, exc: type[BaseException]) -> None:
+        """Called (in the timer thread) when the call did not react to ``exc`` in time."""
+
+    def settle(self) -> None:
+        """Once the call claimed its end: disarm its alarm; let an interrupt in flight land, and drop it."""
+        self._then = None
+        if self._alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            previous = self._alarm[0]  # None: set outside Python
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+            self._alarm = None
+        if self.raised:
+            with _interrupt_lock:  # an interrupter that saw the call running has raised by now
+                pass
+            absorb_pending(self.raised)
 
 
 def _alarm_free() -> bool:
@@ -129,22 +216,114 @@ def _alarm_free() -> bool:
 
 
 @contextlib.contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    def on_alarm(signum: int, frame: object) -> None:
-        raise DeadlineExceeded()
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`DeadlineExceeded` in the block if it runs longer than ``seconds``.
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-6))
+    A block that swallows it still raises it as it exits: it overran.
+    """
+    if seconds is None:
+        yield
+        return
+    watch = Watch()
     try:
+        watch.arm(seconds)
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        watch.claims.append(True)
+        settle(watch)
+    if watch.raised:
+        raise DeadlineExceeded()
 
 
-def interrupt_thread(ident: int, exc: type[BaseException]) -> None:
-    """Raise ``exc`` in thread ``ident`` at its next bytecode (used to cancel running runs)."""
-    _set_async_exc(ident, exc)
+def settle(watch: Watch) -> BaseException | None:
+    """Run ``watch.settle()`` to its end; return an interrupt of the watch that landed meanwhile (else None)."""
+    landed = None
+    while True:
+        try:
+            watch.settle()
+            return landed
+        except BaseException as exc:
+            if not isinstance(exc, watch.raised):
+                raise
+            landed = exc
 
 
-__all__ = ["deadline", "DeadlineExceeded", "interrupt_thread", "absorb_pending"]
+# -- who carries on when a call is abandoned ---------------------------------------------
+class ThreadHost(Protocol):
+    """What owns a thread (a worker pool) and takes over when a call in it is abandoned."""
+
+    def abandon(self, ident: int, continuation: Callable[[], Any]) -> None:
+        """Thread ``ident`` is stuck in an abandoned call: let it go, run ``continuation()`` in its place."""
+
+
+_hosts: dict[int, ThreadHost] = {}
+
+
+def set_thread_host(host: ThreadHost | None) -> None:
+    """Declare that ``host`` owns the calling thread (``None``: nobody does)."""
+    if host is None:
+        _hosts.pop(threading.get_ident(), None)
+    else:
+        _hosts[threading.get_ident()] = host
+
+
+def hand_over(ident: int, continuation: Callable[[], Any]) -> None:
+    """Run ``continuation()`` instead of the stuck thread ``ident``: by its host, or in a new thread."""
+    host = _hosts.get(ident)
+    if host is not None:
+        host.abandon(ident, continuation)
+    else:
+        threading.Thread(target=continuation, name="nbflow-continuation", daemon=True).start()
+
+
+# -- telling a real interrupt from a KeyboardInterrupt raised by code --------------------------
+def _real_interrupt(signum: int, frame: Any) -> None:
+    raise KernelInterrupt()
+
+
+_marked = False  # our SIGINT handler is installed (touched by the main thread only)
+
+
+def mark_real_interrupts() -> bool:
+    """In the main thread, make SIGINT raise KernelInterrupt; True if this call installed the handler.
+
+    Only over Python's default handler: one someone else installed (asyncio,
+    a ``%%flow`` cell, the application) is left alone, as is our own (nested
+    runs). Undo with :func:`restore_interrupts`.
+    """
+    global _marked
+    if _marked or threading.get_ident() != MAIN_THREAD:
+        return False
+    if _signal.getsignal(_signal.SIGINT) is not _signal.default_int_handler:
+        return False
+    _signal.signal(_signal.SIGINT, _real_interrupt)
+    _marked = True
+    return True
+
+
+def restore_interrupts(installed: bool) -> None:
+    """Put Python's default SIGINT handler back if :func:`mark_real_interrupts` installed ours.
+
+    Not if someone replaced ours meanwhile.
+    """
+    global _marked
+    if installed:
+        _marked = False
+        if _signal.getsignal(_signal.SIGINT) is _real_interrupt:
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+
+
+__all__ = [
+    "ABANDON_AFTER",
+    "DeadlineExceeded",
+    "ThreadHost",
+    "Watch",
+    "absorb_pending",
+    "deadline",
+    "hand_over",
+    "interrupt_thread",
+    "mark_real_interrupts",
+    "restore_interrupts",
+    "set_thread_host",
+    "settle",
+]

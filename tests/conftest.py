@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 import threading
 import time
 from typing import Any, Callable
@@ -167,15 +166,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = SAFETY) -> bool:
 @pytest.fixture(name="wait_until")
 def _wait_until_fixture():
     return wait_until
-
-
-def pytest_collection_modifyitems(config, items):
-    """Mark the Prefect-parity tests listed in tests/parity_gaps.txt as known gaps (xfail)."""
-    listed = Path(__file__).with_name("parity_gaps.txt").read_text().splitlines()
-    gaps = {line.strip() for line in listed if line.strip() and not line.startswith("#")}
-    for item in items:
-        if item.nodeid in gaps:
-            item.add_marker(pytest.mark.xfail(reason="known Prefect-parity gap", strict=False))
 
 
 # -- clusters shared by the whole session ----------------------------------------------------------

@@ -6,7 +6,7 @@ makes fresh runners of one kind for ``@flow(task_runner=runner())``, and
 ``runner.remote`` says whether runs leave this process. Tests marked
 ``remote_only`` check what only runners that ship runs elsewhere do (pickling,
 imports on the workers) and run on those alone. What one runner adds is tested
-in its own file (``test_core_runners.py``, ``test_process_runner.py``,
+in its own file (``test_thread_runner.py``, ``test_process_runner.py``,
 ``test_cluster_runners.py``).
 
 Tasks are defined inside the tests, and this module is pickled by value, so
@@ -337,10 +337,6 @@ def test_running_and_prints_reach_the_driver_live(runner, tmp_path):
 
 
 def test_a_failing_flow_cancels_runs_that_have_not_started(runner, tmp_path):
-    if runner.kind == "ray":
-        pytest.skip("RayTaskRunner withdraws the run with ray.cancel, which can abort this process "
-                    "(a Ray bug); test_cluster_runners.py::test_a_failing_ray_flow_leaves_its_driver_alive "
-                    "checks it in a child process until nbflow stops calling ray.cancel")
     gate = str(tmp_path / "gate")
     running = threading.Semaphore(0)
 

@@ -196,11 +196,6 @@ _FAILING_FLOWS = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RayTaskRunner withdraws a run with ray.cancel, which (Ray 2.60) aborts the driver "
-    "once the run's upstream runs finish; drop this mark with the fix",
-)
 def test_a_failing_ray_flow_leaves_its_driver_alive(ray_session):
     out = subprocess.run(
         [sys.executable, "-c", _FAILING_FLOWS, ray_session.get_runtime_context().gcs_address, "8"],

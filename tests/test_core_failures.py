@@ -10,7 +10,7 @@ import time
 import pytest
 
 from nbflow import allow_failure, flow, task
-from nbflow.exceptions import TaskRunTimeoutError, UnfinishedRun
+from nbflow.exceptions import CrashedRun, TaskRunTimeoutError, UnfinishedRun
 from nbflow.states import Failed, StateType
 
 SAFETY = 10.0
@@ -591,7 +591,8 @@ def test_task_raising_system_exit_in_worker_is_crashed():
 
     assert f() == "flow goes on"
     assert out["state"].is_crashed()
-    assert isinstance(out["state"].result(raise_on_failure=False), SystemExit)
+    error = out["state"].result(raise_on_failure=False)
+    assert isinstance(error, CrashedRun) and isinstance(error.__cause__, SystemExit)  # nbflow: never a SystemExit
 
 
 def test_future_list_result_with_not_ready_element_raises_unfinished_run():

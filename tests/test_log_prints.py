@@ -62,8 +62,12 @@ def test_one_print_is_one_record_formatted_as_print_would(logged, caplog):
     )]
     records = [r for r in caplog.records if r.name == "nbflow.task_runs"]
     assert {r.levelno for r in records} == {logging.INFO}
-    # the record points at the print call, not at nbflow (as Prefect's stacklevel=2)
-    assert records[0].funcName == "talker" and records[0].pathname == __file__
+    # The record points at the print call, not at nbflow (as Prefect's stacklevel=2), unless another
+    # library wrapped print after nbflow did (Ray's driver does: then it points at Ray's wrapper).
+    import builtins
+
+    if getattr(builtins.print, "__module__", None) == "nbflow.logging":
+        assert records[0].funcName == "talker" and records[0].pathname == __file__
 
 
 def test_records_reach_the_run_output_and_the_root_logger_not_stdout(caplog, capsys):

@@ -1,7 +1,7 @@
 """nbflow's own state behaviour: reprs, what states carry across pickling, the helpers of
 ``nbflow.states``, and the messages nbflow gives where Prefect's say less.
 
-Prefect-parity cases live in tests/test_parity_states.py.
+Prefect-parity cases live beside it, in tests/test_states_parity.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from nbflow.states import (
     Completed,
     Failed,
     NotReady,
-    State,
-    StateType,
     get_state_exception,
     is_state_iterable,
     raise_state_exception,

@@ -1,12 +1,23 @@
-"""nbflow.timeouts: deadlines for sync code in the main thread and in worker threads."""
+"""nbflow.timeouts: deadlines and interrupts in the main thread and worker threads; calls that do not react."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
 
-from nbflow.timeouts import DeadlineExceeded, absorb_pending, deadline, interrupt_thread
+from nbflow import timeouts
+from nbflow.exceptions import KernelInterrupt
+from nbflow.timeouts import (
+    DeadlineExceeded,
+    Watch,
+    absorb_pending,
+    deadline,
+    mark_real_interrupts,
+    restore_interrupts,
+    settle,
+)
 
 
 def test_a_deadline_interrupts_a_busy_loop_in_a_worker_thread():
@@ -93,3 +104,137 @@ def test_deadline_raises_deadline_exceeded_in_a_python_loop(where):
         thread.start()
         thread.join(10)
     assert result == [True]
+
+
+# -- interrupts, abandonment, real interrupts -----------------------------------------------------
+class Abandoning(Watch):
+    """A watch that records being abandoned."""
+
+    __slots__ = ("gave_up",)
+    abandonable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gave_up = threading.Event()
+
+    def abandoned(self, exc) -> None:
+        self.gave_up.set()
+
+
+def _watched(body, out: dict, ready: threading.Event) -> None:
+    """Run ``body()`` under a watch the way the engine does; note how it ended."""
+    watch = out["watch"] = Abandoning()
+    ready.set()
+    try:
+        try:
+            out["value"] = body()
+        finally:
+            watch.claims.append(True)
+    except BaseException as exc:
+        out["raised"] = exc
+    out["landed"] = settle(watch)
+    out["in_time"] = watch.claims[0]
+
+
+@pytest.fixture
+def quick_abandon(monkeypatch):
+    monkeypatch.setattr(timeouts, "ABANDON_AFTER", 0.01)
+
+
+def test_a_call_blocked_in_c_is_abandoned_and_its_late_interrupt_is_dropped(gate, quick_abandon):
+    out, ready = {}, threading.Event()
+    thread = threading.Thread(target=_watched, args=(lambda: gate.wait() and "late", out, ready))
+    thread.start()
+    assert ready.wait(10)
+    assert out["watch"].interrupt(DeadlineExceeded)
+    assert out["watch"].gave_up.wait(10)  # blocked in C: it did not react
+    gate.open()
+    thread.join(10)
+    assert out["in_time"] is False  # someone else ended it first
+    assert "raised" in out or out.get("value") == "late"  # whichever: nothing escaped the watch
+
+
+def test_a_call_that_reacts_is_not_abandoned(gate, quick_abandon):
+    out, ready = {}, threading.Event()
+
+    def spin() -> None:
+        while True:
+            pass
+
+    thread = threading.Thread(target=_watched, args=(spin, out, ready))
+    thread.start()
+    assert ready.wait(10)
+    out["watch"].interrupt(DeadlineExceeded)
+    thread.join(10)
+    assert isinstance(out["raised"], DeadlineExceeded) and out["in_time"] is True
+    # A later abandonment deadline, reached only after the first one's: the first did nothing.
+    sentinel_out, sentinel_ready = {}, threading.Event()
+    sentinel = threading.Thread(target=_watched, args=(gate.wait, sentinel_out, sentinel_ready))
+    sentinel.start()
+    assert sentinel_ready.wait(10)
+    sentinel_out["watch"].interrupt(DeadlineExceeded)
+    assert sentinel_out["watch"].gave_up.wait(10)
+    assert not out["watch"].gave_up.is_set()
+    gate.open()
+    sentinel.join(10)
+
+
+def test_interrupting_a_call_that_has_ended_raises_nothing():
+    watch = Watch()
+    watch.claims.append(True)
+    assert watch.interrupt(DeadlineExceeded) is False
+    assert watch.raised == ()
+    total = sum(range(1000))  # nothing is pending in this thread
+    assert total == 499500
+
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_a_block_that_swallows_its_deadline_still_raises_it(where):
+    outcome = []
+
+    def body() -> None:
+        try:
+            with deadline(0.01):
+                try:
+                    while True:
+                        pass
+                except DeadlineExceeded:
+                    pass  # swallowed: the block then ends as if on time
+            outcome.append("completed")
+        except DeadlineExceeded:
+            outcome.append("timed out")
+
+    if where == "main":
+        body()
+    else:
+        thread = threading.Thread(target=body)
+        thread.start()
+        thread.join(10)
+    assert outcome == ["timed out"]
+
+
+def test_sigint_raises_kernel_interrupt_only_while_marked_and_only_over_the_default():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    installed = mark_real_interrupts()
+    try:
+        assert installed and mark_real_interrupts() is False  # nested: left to the outer one
+        with pytest.raises(KernelInterrupt):
+            signal.raise_signal(signal.SIGINT)
+            for _ in range(1000):  # the handler runs at the next bytecode check
+                pass
+    finally:
+        restore_interrupts(installed)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt) as info:
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(1000):
+            pass
+    assert type(info.value) is KeyboardInterrupt
+
+
+def test_no_sigint_handler_is_installed_off_the_main_thread():
+    result = []
+    thread = threading.Thread(target=lambda: result.append(mark_real_interrupts()))
+    thread.start()
+    thread.join(10)
+    assert result == [False]

@@ -116,3 +116,63 @@ def test_a_shut_down_pool_takes_no_work():
 def test_max_workers_must_be_positive():
     with pytest.raises(ValueError):
         WorkerPool(lambda item: None, 0, "test-pool")
+
+
+# -- a stuck worker is abandoned: it leaves, a replacement takes its slot ------------------------
+class Stuck:
+    """An item that blocks on a gate, noting its thread; the test abandons it like nbflow's timer does."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.ident: int | None = None
+
+    def __call__(self) -> None:
+        self.ident = threading.get_ident()
+        self.started.set()
+        self.gate.wait(SAFETY)
+
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["executing", "lending its slot"])
+def test_an_abandoned_worker_leaves_and_its_continuation_takes_its_place(blocked):
+    probe = Probe()
+    pool = WorkerPool(probe, 1, "test-pool")
+    stuck = Stuck()
+    body = stuck
+    if blocked:
+        def body() -> None:  # stuck while it waits (its slot lent), like a task waiting on a task
+            with blocking_wait():
+                stuck()
+
+    pool.submit(body)
+    assert stuck.started.wait(SAFETY)
+    continued = threading.Event()
+    pool.abandon(stuck.ident, continued.set)
+    assert continued.wait(SAFETY)  # ran although the stuck worker still holds on
+    gate = threading.Event()
+    for _ in range(4):
+        pool.submit(lambda: gate.wait(SAFETY))
+    gate.set()
+    probe.wait_for(4)
+    assert probe.peak <= 2  # the abandoned one, and one at a time for everything else
+    stuck_thread = next(t for t in threading.enumerate() if t.ident == stuck.ident)
+    stuck.gate.set()  # the stuck worker returns and leaves the pool (its slot went to the replacement)
+    stuck_thread.join(SAFETY)
+    assert not stuck_thread.is_alive()
+    probe.wait_for(1)
+    for _ in range(3):
+        pool.submit(lambda: None)
+    probe.wait_for(3)
+    pool.shutdown()
+
+
+def test_a_continuation_of_an_abandoned_worker_runs_even_after_shutdown():
+    pool = WorkerPool(lambda item: item(), 1, "test-pool")
+    stuck = Stuck()
+    pool.submit(stuck)
+    assert stuck.started.wait(SAFETY)
+    pool.shutdown()
+    continued = threading.Event()
+    pool.abandon(stuck.ident, continued.set)
+    assert continued.wait(SAFETY)
+    stuck.gate.set()

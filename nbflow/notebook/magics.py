@@ -31,7 +31,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from nbflow.context import current_flow_run
-from nbflow.exceptions import CancelledRun
+from nbflow.exceptions import CancelledRun, KernelInterrupt
 from nbflow.flows import Flow, cancel_flow_run
 from nbflow.notebook import output, session as sessions
 from nbflow.notebook.session import CellOptions, NotebookSession, settings
@@ -193,7 +193,7 @@ class CellFlow:
         with self._lock:
             thread = self._thread
             if self._in_body and thread is not None and thread.ident is not None:
-                interrupt_thread(thread.ident, KeyboardInterrupt)
+                interrupt_thread(thread.ident, KernelInterrupt)
             flow_run = self.flow_run
         if flow_run is not None:
             cancel_flow_run(flow_run, reason)

@@ -9,6 +9,7 @@ the cluster until read (:mod:`nbflow.runners.wire.results`).
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import logging
 import threading
@@ -19,11 +20,10 @@ from nbflow.exceptions import MissingDependencyError, SerializationError
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun
 from nbflow.runners.base import TaskRunner
-from nbflow.runners.wire.driver import complete, crash, fail, track, untrack
+from nbflow.runners.wire.driver import Remote, complete, crash, fail, track, untrack
 from nbflow.runners.wire.payload import Payloads
 from nbflow.runners.wire.results import Fetcher
 from nbflow.runners.wire.worker import Channel
-from nbflow.states import StateType
 
 logger = logging.getLogger("nbflow.runners")
 
@@ -70,6 +70,7 @@ class ClusterTaskRunner(TaskRunner):
         super().__init__()
         self._payloads: Payloads | None = None  # made when the engine starts
         self._handles: dict[TaskRun, Any] = {}  # runs on the engine -> engine future(s)
+        self._remotes: dict[TaskRun, Remote] = {}  # the driver's hold on each run sent to the engine
         self._consumed: set[TaskRun] = set()  # runs whose value a downstream run on the engine uses
         self._fetcher: Fetcher | None = None
         self._start_lock = threading.Lock()
@@ -86,7 +87,7 @@ class ClusterTaskRunner(TaskRunner):
         """Hand each payload to the engine with its upstream engine futures; return their handles."""
 
     @abc.abstractmethod
-    def _watch(self, run: TaskRun, handle: Any, upstream: list[TaskRun]) -> None:
+    def _watch(self, outgoing: Outgoing, handle: Any) -> None:
         """Arrange for :meth:`finish_run` or :meth:`engine_failed` when ``handle`` is done."""
 
     @abc.abstractmethod
@@ -94,8 +95,9 @@ class ClusterTaskRunner(TaskRunner):
         """The pickled values held under ``handles`` on the cluster."""
 
     @abc.abstractmethod
-    def _cancel(self, handle: Any) -> None:
-        """Drop ``handle``'s work from the engine if it has not started."""
+    def _stop_work(self, run: TaskRun, handle: Any) -> None:
+        """Stop ``handle``'s work on the engine (``run`` ended on the driver): drop it if it has not
+        started, cancel it if it executes."""
 
     @abc.abstractmethod
     def _stop(self) -> None:
@@ -126,6 +128,7 @@ class ClusterTaskRunner(TaskRunner):
         except Exception:
             logger.warning("%r: results left on the cluster could not be fetched", self, exc_info=True)
         self._handles.clear()
+        self._remotes.clear()
         self._consumed.clear()
         try:
             self._stop()
@@ -181,55 +184,76 @@ class ClusterTaskRunner(TaskRunner):
             batch.append(outgoing)
 
     def _send(self, batch: list[Outgoing]) -> None:
+        remotes = []
         for outgoing in batch:
-            track(outgoing.run)
+            run = outgoing.run
+            remote = self._remotes.get(run)
+            if remote is None:
+                remote = self._remotes[run] = Remote(
+                    run, functools.partial(self._stop_run, run), functools.partial(self._retry, run)
+                )
+            remotes.append(remote)
+            track(run, remote)
         try:
             handles = self._submit(batch)
         except Exception as exc:
             for outgoing in batch:
                 crash(outgoing.run, f"{type(self).__name__} could not hand it to the engine ({exc!r}).", exc)
             return
-        for outgoing, handle in zip(batch, handles):
-            self._handles[outgoing.run] = handle
-            self._watch(outgoing.run, handle, outgoing.upstream)
-            outgoing.run.add_done_callback(self._withdraw_if_cancelled)
+        for outgoing, handle, remote in zip(batch, handles, remotes):
+            run = outgoing.run
+            self._handles[run] = handle
+            self._watch(outgoing, handle)
+            # A run cancelled before it started ends here (TaskRun.cancel); one that started, through
+            # its remote hold (TaskRun.interrupt). Either way its work stops (Remote).
+            remote.attach()
 
-    def _withdraw_if_cancelled(self, run: TaskRun) -> None:
-        # A run cancelled on the driver before it started leaves the engine too.
-        if run.states[-1].type is StateType.CANCELLED:
-            handle = self._handles.get(run)
-            if handle is not None:
-                self._cancel(handle)
+    def _stop_run(self, run: TaskRun) -> None:
+        handle = self._handles.get(run)
+        if handle is not None:
+            self._stop_work(run, handle)
+
+    def _retry(self, run: TaskRun) -> None:
+        """Hand ``run`` to the engine again for its next attempt (the driver stopped the last one)."""
+        self._handles.pop(run, None)
+        self._dispatch(run)
 
     # -- outcomes (called from the engine's callback threads) ---------------------------------
     def finish_run(self, run: TaskRun, record_blob: bytes, handle: Any) -> None:
         """End ``run`` with the record its engine task returned (called from the engine's callbacks)."""
+        if self._handles.get(run) is not handle and self._fetcher is not None:
+            return  # an attempt the driver gave up on
         fetcher = self._fetcher
         if fetcher is None:  # the runner shut down meanwhile: the value is out of reach
             crash(run, f"{type(self).__name__} shut down before its result was fetched.")
         else:
             complete(run, record_blob, fetcher=fetcher, handle=handle)
 
-    def engine_failed(self, run: TaskRun, error: BaseException, upstream: list[TaskRun]) -> None:
-        """The engine failed ``run`` without a record: its worker died, it was cancelled, or an
-        upstream engine future failed (engines fail dependents without running them).
+    def engine_failed(self, outgoing: Outgoing, error: BaseException, handle: Any) -> None:
+        """The engine failed ``outgoing``'s run without a record: its worker died, it was cancelled,
+        or an upstream engine future failed (engines fail dependents without running them).
 
-        In the last case the run goes back through scheduling, now with that
-        upstream run ended on the driver, so NotReady or ``allow_failure``
-        apply as for any failed upstream.
+        In the last case the run goes back through scheduling once that
+        upstream run has ended on the driver (or was handed to the engine
+        again, for a retry): NotReady or ``allow_failure`` apply as for any
+        failed upstream.
         """
+        run = outgoing.run
+        if self._handles.get(run) is not handle:
+            return  # an attempt the driver gave up on
         self._handles.pop(run, None)
         if run.done:
             untrack(run)
             return
 
         def decide() -> None:
-            if any(dep not in self._handles for dep in upstream):
+            given = zip(outgoing.upstream, outgoing.handles)
+            if any(self._handles.get(dep) is not dep_handle for dep, dep_handle in given):
                 self._schedule(run)
             else:
                 crash(run, f"the engine lost it ({type(error).__name__}: {error})", error)
 
-        when_all_done(upstream, decide)
+        when_all_done(outgoing.upstream, decide)
 
 
 __all__ = ["require", "Outgoing", "ClusterTaskRunner"]

@@ -112,9 +112,9 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
         # On the client's event loop: apply live messages; keep a record that
         # arrives ahead of its future's completion for the done callback.
         for message in driver.receive(event[1]):
-            entry = driver.tracked(message[1])
+            entry = driver.tracked(message[1], message[2])
             if entry is not None:
-                entry.final = message[2]
+                entry.final = message[3]
 
     def _submit(self, batch: list[cluster.Outgoing]) -> list[Any]:
         # A fresh key each time: a run handed over again (after an upstream crash) is new work.
@@ -127,23 +127,24 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
             _run_on_worker, [o.payload for o in batch], [o.handles for o in batch], key=keys, pure=False
         )
 
-    def _watch(self, run: TaskRun, handle: Any, upstream: list[TaskRun]) -> None:
+    def _watch(self, outgoing: cluster.Outgoing, handle: Any) -> None:
         # Done callbacks are registered from the client's event loop, a burst of
         # submits at a time: waking the loop once per submit costs more than Dask's submit.
         with self._unwatched_lock:
             first = not self._unwatched
-            self._unwatched.append((run, handle, upstream))
+            self._unwatched.append((outgoing, handle))
         if first:
             self._client.loop.add_callback(self._register_done_callbacks)
 
     def _register_done_callbacks(self) -> None:
         with self._unwatched_lock:
             batch, self._unwatched = self._unwatched, []
-        for run, handle, upstream in batch:
-            handle.add_done_callback(functools.partial(self._done, run, upstream))
+        for outgoing, handle in batch:
+            handle.add_done_callback(functools.partial(self._done, outgoing))
 
-    def _done(self, run: TaskRun, upstream: list[TaskRun], future: Any) -> None:
+    def _done(self, outgoing: cluster.Outgoing, future: Any) -> None:
         """Dask's done callback (in its callback thread): end the run."""
+        run = outgoing.run
         if future.status == "finished":
             entry = driver.tracked(run.int_id)
             record = entry.final if entry is not None else None
@@ -151,7 +152,7 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
                 try:
                     record = future.result()[0]
                 except Exception as exc:
-                    self.engine_failed(run, exc, upstream)
+                    self.engine_failed(outgoing, exc, future)
                     return
             self.finish_run(run, record, future)
             return
@@ -159,12 +160,15 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
             error = future.exception()
         except BaseException as exc:  # cancelled, or the client is gone
             error = exc
-        self.engine_failed(run, error, upstream)
+        self.engine_failed(outgoing, error, future)
 
     def _gather(self, handles: list[Any]) -> list[bytes]:
         return [outcome[1] for outcome in self._client.gather(handles)]
 
-    def _cancel(self, handle: Any) -> None:
+    def _stop_work(self, run: TaskRun, handle: Any) -> None:
+        # A task that has not started leaves the cluster. One that executes cannot be stopped
+        # (Dask does not kill worker threads): its thread ends when the code returns, and what
+        # it reports then is ignored.
         handle.cancel()
 
     def __repr__(self) -> str:
@@ -190,10 +194,10 @@ class _DaskChannel(worker.Channel):
 
         return functools.partial(distributed.get_worker().log_event, self.key)
 
-    def report(self, record: Record, value: bytes | None) -> None:
+    def report(self, record: Record, value: bytes | None, base: int) -> None:
         # Ahead of the task's completion, so its done callback need not fetch
         # the result; the printed lines went ahead already, on this channel.
-        worker.send_final(self, record._replace(output=None), None)
+        worker.send_final(self, record._replace(output=None), None, base)
 
 
 def _run_on_worker(payload: bytes, upstream: list[tuple[bytes, bytes | None]]) -> tuple:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import os
 import pickle
 import subprocess
@@ -35,8 +36,8 @@ from nbflow.exceptions import SerializationError
 from nbflow.records import TaskRun
 from nbflow.runners.base import TaskRunner
 from nbflow.runners.wire import driver
-from nbflow.runners.wire.worker import Channel, run_payload, send_final
-from nbflow.runners.wire.payload import Payloads, Record
+from nbflow.runners.wire.payload import Payloads, Record, resumed
+from nbflow.runners.wire.worker import Channel, run_payload, send, send_final
 from nbflow.states import State
 
 # What a worker process runs: python -c _BOOT <fd of its end of the pipe>.
@@ -129,28 +130,55 @@ atexit.register(close_pools)
 
 
 class _PipeChannel(Channel):
-    """A worker's pipe to the driver (never pickled: the worker makes it); it carries the outcome too."""
+    """A worker's pipe to the driver (never pickled: the worker makes it); it carries the outcome too.
+
+    A pipe is cheap, so a run's transitions go at once (``eager``): the
+    driver hears that an attempt started before the task's code runs.
+    """
 
     __slots__ = ()
+
+    eager = True
 
     def open(self) -> Callable[[bytes], Any]:
         return self.key.send_bytes
 
-    def report(self, record: Record, value: bytes | None) -> None:
-        send_final(self, record, value)
+    def report(self, record: Record, value: bytes | None, base: int) -> None:
+        send_final(self, record, value, base)
+
+
+class _Job:
+    """A run on its way to a worker process, with its payload; ``remote`` once it was claimed."""
+
+    __slots__ = ("run", "payload", "remote", "worker")
+
+    def __init__(self, run: TaskRun, payload: bytes) -> None:
+        self.run = run
+        self.payload = payload
+        self.remote: driver.Remote | None = None
+        self.worker: _Worker | None = None  # the worker that holds it
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "run")
+    __slots__ = ("process", "conn", "job", "taken")
 
     def __init__(self, process: subprocess.Popen, conn: connection.Connection) -> None:
         self.process = process
         self.conn = conn
-        self.run: TaskRun | None = None
+        self.job: _Job | None = None
+        self.taken = False  # the worker said it received its job's payload
 
 
 class _Pool:
-    """Worker processes started as work arrives, up to ``size``, and one thread reading their pipes."""
+    """Worker processes started as work arrives, up to ``size``, and one thread reading their pipes.
+
+    A job goes to a live worker: one that died idle is never handed work,
+    and a job whose worker died before taking it goes to another. A job
+    whose worker died while running it ends Crashed, or is retried if its
+    task has retries left. A job the driver stops (a cancel, an attempt past
+    its deadline) has its worker killed; the pool replaces it as work
+    arrives.
+    """
 
     def __init__(self, key: tuple, size: int, initializer: Any, initargs: tuple) -> None:
         self._key = key
@@ -166,7 +194,7 @@ class _Pool:
         self._lock = threading.Lock()
         self._workers: dict[connection.Connection, _Worker] = {}
         self._idle: list[_Worker] = []
-        self._queue: collections.deque[tuple[TaskRun, bytes]] = collections.deque()
+        self._queue: collections.deque[_Job] = collections.deque()
         self._closed = False
         # Wakes the reader when the set of pipes to watch changes.
         self._wake_r, self._wake_w = Pipe(duplex=False)
@@ -176,47 +204,78 @@ class _Pool:
     # -- sending work ---------------------------------------------------------------
     def submit(self, run: TaskRun, blob: bytes) -> None:
         with self._lock:
-            if self._closed:
-                worker = None
-            elif self._idle:
-                worker = self._idle.pop()
-            elif len(self._workers) < self._size:
-                worker = self._spawn()
-            else:
-                self._queue.append((run, blob))
-                return
-        if worker is None:
+            closed = self._closed
+            if not closed:
+                self._queue.append(_Job(run, blob))
+        if closed:
             driver.crash(run, "its process pool was closed.")
         else:
-            self._send(worker, run, blob)
+            self._pump()
 
-    def _send(self, worker: _Worker, run: TaskRun, blob: bytes) -> None:
-        while not run.claim():  # cancelled while queued: take the next one
+    def _pump(self) -> None:
+        """Hand queued jobs to idle workers, starting workers up to the pool's size."""
+        while True:
             with self._lock:
-                if not self._queue:
-                    self._idle.append(worker)
+                if self._closed or not self._queue:
                     return
-                run, blob = self._queue.popleft()
-        driver.track(run)
-        with self._lock:
-            alive = worker.conn in self._workers
-            if alive:
-                worker.run = run
-        if not alive:
-            driver.crash(run, f"its worker process (pid {worker.process.pid}) exited before it started.")
-            return
-        try:
-            worker.conn.send_bytes(blob)
-        except OSError:
-            pass  # the worker died; the reader sees its pipe close and crashes the run
+                if self._idle:
+                    worker = self._idle.pop()
+                elif len(self._workers) < self._size:
+                    worker = self._spawn()
+                else:
+                    return
+                job = worker.job = self._queue.popleft()
+                worker.taken = False
+                job.worker = worker
+            if not self._send(worker, job):
+                self._free(worker, job)
 
-    def _next(self, worker: _Worker) -> None:
+    def _send(self, worker: _Worker, job: _Job) -> bool:
+        """Send ``job`` to ``worker``; False if it is not to run (it was cancelled first)."""
+        run = job.run
+        if job.remote is None:
+            if not run.claim():  # cancelled while queued
+                return False
+            job.remote = driver.Remote(run, functools.partial(self._stop, job), functools.partial(self._retry, job))
+            job.remote.attach()
+        if run.done:  # cancelled since it was claimed, or while it waited to be retried
+            return False
+        driver.track(run, job.remote)
+        try:
+            worker.conn.send_bytes(job.payload)
+        except OSError:
+            pass  # the worker died: the reader sees its pipe close and hands the job on (it was not taken)
+        return True
+
+    def _free(self, worker: _Worker, job: _Job) -> None:
         with self._lock:
-            if not self._queue:
-                self._idle.append(worker)
+            if worker.job is job:
+                worker.job = None
+                job.worker = None
+                if worker.conn in self._workers:
+                    self._idle.append(worker)
+
+    def _stop(self, job: _Job) -> None:
+        """The driver ended the job's run (or its attempt): kill the worker running it, if one is."""
+        with self._lock:
+            worker = job.worker
+            if worker is None or worker.job is not job:
                 return
-            run, blob = self._queue.popleft()
-        self._send(worker, run, blob)
+            worker.job = None  # the worker is done for: nothing it sends counts now
+            job.worker = None
+        worker.process.kill()  # the reader sees its pipe close, reaps it, and starts others as work arrives
+
+    def _retry(self, job: _Job) -> None:
+        """Send the job's run again for its next attempt (its worker died or overran)."""
+        job.payload = resumed(job.payload, job.run)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._queue.appendleft(job)
+        if closed:
+            driver.crash(job.run, "its process pool was closed before it could be retried.")
+        else:
+            self._pump()
 
     def _spawn(self) -> _Worker:
         """Start a worker process (called with the lock held)."""
@@ -250,48 +309,55 @@ class _Pool:
                     self._lost(worker)
                     continue
                 for message in driver.receive(blob):
-                    if message[0] == "final":
+                    if message[0] == "taken":
+                        worker.taken = True
+                    elif message[0] == "final":
                         self._final(worker, *message[1:])
                     else:
                         self._init_failed(worker, message[1])
         self._stop_workers()
 
-    def _final(self, worker: _Worker, _run_id: int, record: bytes, value: bytes | None) -> None:
-        run, worker.run = worker.run, None
-        self._next(worker)  # free the worker first: the run's downstream may want it
-        if run is not None:
-            driver.complete(run, record, value)
+    def _final(self, worker: _Worker, run_id: int, _base: int, record: bytes, value: bytes | None) -> None:
+        with self._lock:
+            job = worker.job
+            if job is None or job.run.int_id != run_id:
+                return  # the driver gave up on the job (and killed the worker)
+            worker.job = job.worker = None
+            self._idle.append(worker)  # free the worker first: the run's downstream may want it
+        driver.complete(job.run, record, value)
+        self._pump()
 
     def _lost(self, worker: _Worker) -> None:
         with self._lock:
             del self._workers[worker.conn]
             if worker in self._idle:
                 self._idle.remove(worker)
-            run, worker.run = worker.run, None
-            replacement = self._spawn() if self._queue and not self._closed else None
+            job, worker.job = worker.job, None
+            if job is not None:
+                job.worker = None
+                if not worker.taken:  # it never reached the worker: another one runs it
+                    self._queue.appendleft(job)
         worker.conn.close()
         code = worker.process.wait()
-        if run is not None:
-            driver.crash(
-                run,
-                f"its worker process (pid {worker.process.pid}) died while running it "
-                f"(exit code {code}).",
-            )
-        if replacement is not None:
-            self._next(replacement)
+        if job is not None and worker.taken and driver.untrack(job.run):
+            job.remote.lost(driver.crashed(  # type: ignore[union-attr]
+                job.run,
+                f"its worker process (pid {worker.process.pid}) died while running it (exit code {code}).",
+            ))
+        self._pump()
 
     def _init_failed(self, worker: _Worker, text: str) -> None:
         with _pools_lock:  # the next flow run starts a fresh pool
             if _pools.get(self._key) is self:
                 del _pools[self._key]
         with self._lock:
-            queued = [run for run, _ in self._queue]
+            jobs = [worker.job, *self._queue]
             self._queue.clear()
+            worker.job = None
         reason = f"the process pool's initializer failed in a worker:\n{text}"
-        for run in [worker.run, *queued]:
-            if run is not None:
-                driver.crash(run, reason)
-        worker.run = None
+        for job in jobs:
+            if job is not None:
+                driver.crash(job.run, reason)
         self.close()
 
     # -- closing ------------------------------------------------------------------------------
@@ -301,7 +367,7 @@ class _Pool:
             if self._closed:
                 return
             self._closed = True
-            queued = [run for run, _ in self._queue]
+            queued = [job.run for job in self._queue]
             self._queue.clear()
         self._wake_w.send_bytes(b"")
         for run in queued:
@@ -313,11 +379,14 @@ class _Pool:
         with self._lock:
             workers = list(self._workers.values())
             self._workers.clear()
-        for worker in workers:
+            jobs = [worker.job for worker in workers]
+            for worker in workers:
+                worker.job = None
+        for worker, job in zip(workers, jobs):
             worker.conn.close()  # an idle worker exits when its pipe closes
-            if worker.run is not None:
+            if job is not None:
                 worker.process.kill()
-                driver.crash(worker.run, "its process pool was closed while it ran.")
+                driver.crash(job.run, "its process pool was closed while it ran.")
         for worker in workers:
             try:
                 worker.process.wait(timeout=5)
@@ -344,6 +413,7 @@ def serve(fd: int) -> None:
             payload = conn.recv_bytes()
         except EOFError:
             return
+        send(channel, ("taken",))  # a worker that dies from now on dies running it
         run_payload(payload, (), channel)
 
 

@@ -20,15 +20,17 @@ import asyncio
 import functools
 import itertools
 import logging
+import pickle
 import queue
 import threading
 from typing import Any, Callable
 
+from nbflow import states as S
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun, new_id
 from nbflow.runners import cluster
 from nbflow.runners.wire import driver, worker
-from nbflow.runners.wire.payload import dumps
+from nbflow.runners.wire.payload import Record, dumps
 
 logger = logging.getLogger("nbflow.runners")
 
@@ -56,6 +58,8 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
         self._started_ray = False
+        self._live: _Sink | None = None
+        self._marks: _Marks | None = None
 
     def duplicate(self) -> "RayTaskRunner":
         return type(self)(self.address, self.init_kwargs)
@@ -74,56 +78,96 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
             self._started_ray = True
             where = f"Ray at {self.address}" if self.address else "the local Ray this runner started"
         _start_ending_runs()
-        return where, _RayChannel(_sink().name)
+        self._live = _use_sink()
+        self._marks = _Marks()
+        return where, _RayChannel(self._live.name)
 
     def _stop(self) -> None:
+        # Always let go of the sink: a thread left waiting on Ray ends the process when Ray shuts down.
+        self._live = None
+        _release_sink()
+        if self._marks is not None:
+            self._marks.close()
         if self._started_ray:
             import ray
 
             self._started_ray = False
-            _close_sink()
             ray.shutdown()
 
     def _submit(self, batch: list[cluster.Outgoing]) -> list[Any]:
+        # A handle: the refs of the record and the value, the attempts made before this hand-over,
+        # and the key the task marks as it starts (one with upstream refs has one; see _stop_work).
         run = _remote_run().remote
-        return [tuple(run(o.payload, *itertools.chain.from_iterable(o.handles))) for o in batch]
+        marks = self._marks
+        handles = []
+        for o in batch:
+            upstream = itertools.chain.from_iterable(h[:2] for h in o.handles)
+            key = marks.key(o.run.int_id) if o.handles else None  # type: ignore[union-attr]
+            handles.append((*run(o.payload, key, *upstream), o.run.run_count, key))
+        return handles
 
-    def _watch(self, run: TaskRun, handle: Any, upstream: list[TaskRun]) -> None:
+    def _watch(self, outgoing: cluster.Outgoing, handle: Any) -> None:
         # ObjectRef._on_completed is what ObjectRef.future() wraps, minus a
         # concurrent Future per run. Ray calls back in its own thread: the
         # outcome goes to nbflow's, where ending a run may call into Ray.
-        handle[0]._on_completed(lambda outcome: _outcomes.put((self, run, upstream, handle, outcome)))
+        handle[0]._on_completed(
+            lambda outcome: _calls.put(functools.partial(self._outcome, outgoing, handle, outcome))
+        )
+
+    def _outcome(self, outgoing: cluster.Outgoing, handle: Any, outcome: Any) -> None:
+        if handle[3] is not None:
+            self._marks.reported(handle)  # type: ignore[union-attr]
+        try:
+            if isinstance(outcome, BaseException):  # the worker died, the task was cancelled, or an upstream failed
+                handle[1]._on_completed(_ignore)  # the run reports it; Ray need not log it again
+                self.engine_failed(outgoing, outcome, handle)
+            else:
+                self.finish_run(outgoing.run, outcome, handle)
+        except Exception as exc:  # a bug here must not leave the run unfinished
+            logger.exception("ending task run %r failed", outgoing.run.name)
+            driver.crash(outgoing.run, f"nbflow could not read its outcome ({exc!r}).", exc)
 
     def _gather(self, handles: list[Any]) -> list[bytes]:
         import ray
 
         return ray.get([handle[1] for handle in handles])
 
-    def _cancel(self, handle: Any) -> None:
+    def _stop_work(self, run: TaskRun, handle: Any) -> None:
+        # ray.cancel of a task whose upstream refs are still resolving can abort this process
+        # (Ray 2.60, ray-project/ray#55131). So a task that executes (it reported an attempt) is
+        # cancelled with force, which kills its worker; one with upstream refs that may not have
+        # started is withdrawn (_Marks), which it checks as it starts; one without any has nothing
+        # to resolve and is cancelled (dropped if queued, interrupted if it just started).
         import ray
 
-        ray.cancel(handle[0])
+        if run.run_count > handle[2]:
+            _force_cancel(handle)
+        elif handle[3] is not None:
+            self._marks.withdraw(handle)  # type: ignore[union-attr]
+        else:
+            ray.cancel(handle[0])
 
     def __repr__(self) -> str:
         return f"RayTaskRunner(address={self.address!r})"
 
 
-# -- outcomes: one driver thread ends runs whose record arrived ----------------------------
-_outcomes: queue.SimpleQueue = queue.SimpleQueue()
+def _force_cancel(handle: Any) -> None:
+    import ray
+
+    ray.cancel(handle[0], force=True)
 
 
-def _end_runs() -> None:
+# -- one driver thread carries out what Ray's callbacks hand over ------------------------------
+_calls: queue.SimpleQueue = queue.SimpleQueue()
+
+
+def _carry_out() -> None:
     while True:
-        runner, run, upstream, handle, outcome = _outcomes.get()
+        call = _calls.get()
         try:
-            if isinstance(outcome, BaseException):  # the worker died, the task was cancelled, or an upstream failed
-                handle[1]._on_completed(_ignore)  # the run reports it; Ray need not log it again
-                runner.engine_failed(run, outcome, upstream)
-            else:
-                runner.finish_run(run, outcome, handle)
-        except Exception as exc:  # a bug here must not stop every later run from ending
-            logger.exception("ending task run %r failed", run.name)
-            driver.crash(run, f"nbflow could not read its outcome ({exc!r}).", exc)
+            call()
+        except Exception:  # a bug here must not stop every later run from ending
+            logger.exception("nbflow's Ray callback %r failed", call)
 
 
 def _ignore(_outcome: Any) -> None:
@@ -132,7 +176,7 @@ def _ignore(_outcome: Any) -> None:
 
 @functools.cache
 def _start_ending_runs() -> None:
-    threading.Thread(target=_end_runs, name="nbflow-ray-outcomes", daemon=True).start()
+    threading.Thread(target=_carry_out, name="nbflow-ray-outcomes", daemon=True).start()
 
 
 @functools.cache
@@ -142,10 +186,99 @@ def _remote_run() -> Any:
     return ray.remote(num_returns=2)(_run_on_worker)
 
 
-def _run_on_worker(payload: bytes, *upstream: bytes | None) -> tuple:
-    """The Ray task of one run; ``upstream`` holds each upstream run's record and value, in turn."""
+def _run_on_worker(payload: bytes, key: bytes | None, *upstream: bytes | None) -> tuple:
+    """The Ray task of one run; ``upstream`` holds each upstream run's record and value, in turn.
+
+    Given its start ``key``, it marks it first; if the driver withdrew the run
+    meanwhile (cancelled it before it started), it returns at once, Cancelled.
+    """
+    if key is not None and not _Marks.starts(key):
+        fields = pickle.loads(payload)
+        run_id, name = fields[3], fields[4]
+        state = S.Cancelled(message=f"Task run {name!r} was cancelled before it started.")
+        return dumps(Record(run_id, (state,), 0, name, 0, None)), None
     record, value = worker.run_payload(payload, list(zip(upstream[::2], upstream[1::2])))
     return dumps(record), value
+
+
+@functools.lru_cache(maxsize=8)
+def _sink_actor(name: str) -> Any:
+    import ray
+
+    return ray.get_actor(name, namespace=_NAMESPACE)
+
+
+# -- withdrawing runs that have not started ------------------------------------------------------
+class _Marks:
+    """Start marks of one runner's tasks that have upstream refs, in Ray's key-value store (one
+    round trip to Ray's control store each, much cheaper than one to an actor).
+
+    Such a task marks its key "s" as it starts, unless the key is there: "w"
+    means the driver withdrew the run, and it returns at once. The driver
+    withdraws a run by marking its key "w", unless it is there: "s" means the
+    task executes, and it is cancelled (which is safe once it runs). The
+    runner's keys go once it stopped and every withdrawn task has reported.
+    The driver's marks are set in nbflow's Ray thread, in order.
+    """
+
+    def __init__(self) -> None:
+        self.prefix = f"nbflow-starts/{new_id():032x}/".encode()
+        self._pending: set[Any] = set()  # withdrawn tasks that have not reported
+        self._closed = False
+        self._dropped = False
+        self._lock = threading.Lock()
+
+    def key(self, run_id: int) -> bytes:
+        return self.prefix + f"{run_id:032x}".encode()
+
+    @staticmethod
+    def starts(key: bytes) -> bool:
+        """In the task: mark it started; False if the driver withdrew its run."""
+        from ray.experimental import internal_kv
+
+        existed = internal_kv._internal_kv_put(key, b"s", overwrite=False, namespace=_NAMESPACE)
+        # Marked already: withdrawn, unless Ray runs the task again (its worker died).
+        return not existed or internal_kv._internal_kv_get(key, namespace=_NAMESPACE) == b"s"
+
+    def withdraw(self, handle: Any) -> None:
+        with self._lock:
+            self._pending.add(handle[0])
+        _calls.put(functools.partial(self._withdraw, handle))
+
+    def _withdraw(self, handle: Any) -> None:
+        from ray.experimental import internal_kv
+
+        key = handle[3]
+        if self._dropped:  # the task reported before it could be withdrawn
+            return
+        if internal_kv._internal_kv_put(key, b"w", overwrite=False, namespace=_NAMESPACE) and \
+                internal_kv._internal_kv_get(key, namespace=_NAMESPACE) == b"s":
+            _force_cancel(handle)
+
+    def reported(self, handle: Any) -> None:
+        """The task under ``handle`` ended (in nbflow's Ray thread)."""
+        with self._lock:
+            self._pending.discard(handle[0])
+            last = self._closed and not self._pending
+        if last:
+            self._drop()
+
+    def close(self) -> None:
+        """The runner stopped: its keys go once no withdrawn task may still start."""
+        with self._lock:
+            self._closed = True
+            last = not self._pending
+        if last:
+            _calls.put(self._drop)
+
+    def _drop(self) -> None:
+        from ray.experimental import internal_kv
+
+        self._dropped = True
+        try:
+            internal_kv._internal_kv_del(self.prefix, del_by_prefix=True, namespace=_NAMESPACE)
+        except Exception:  # Ray shut down meanwhile: its store went with it
+            logger.debug("dropping the start marks of a RayTaskRunner failed", exc_info=True)
 
 
 # -- live messages: an actor per Ray session collects them, a driver thread drains it -------
@@ -155,9 +288,7 @@ class _RayChannel(worker.Channel):
     __slots__ = ()
 
     def open(self) -> Callable[[bytes], Any]:
-        import ray
-
-        return ray.get_actor(self.key, namespace=_NAMESPACE).put.remote
+        return _sink_actor(self.key).put.remote
 
 
 @functools.cache
@@ -190,7 +321,7 @@ def _sink_class() -> Any:
 
 
 class _Sink:
-    """The collecting actor of one Ray session and the driver thread draining it."""
+    """The collecting actor of one Ray session and, while runners use it, the driver thread draining it."""
 
     def __init__(self) -> None:
         import ray
@@ -198,8 +329,14 @@ class _Sink:
         self.job = ray.get_runtime_context().get_job_id()
         self.name = f"nbflow-live-{new_id():032x}"
         self.actor = _sink_class().options(name=self.name, namespace=_NAMESPACE).remote()
-        self.thread = threading.Thread(target=self._drain, name="nbflow-ray-live", daemon=True)
-        self.thread.start()
+        self.users = 0
+        self.thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Start draining (a runner starts using the sink)."""
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._drain, name="nbflow-ray-live", daemon=True)
+            self.thread.start()
 
     def _drain(self) -> None:
         import ray
@@ -215,37 +352,45 @@ class _Sink:
                 driver.receive(batch)  # records come with the task's results, not here
 
     def close(self) -> None:
+        """Stop draining (no runner uses the sink); the actor stays for the next runner of this session."""
         import ray
 
         try:
             ray.get(self.actor.close.remote())
-            self.thread.join(timeout=10)
-            ray.kill(self.actor)
+            if self.thread is not None:
+                self.thread.join(timeout=10)
         except Exception:
-            logger.debug("closing the live-message actor failed", exc_info=True)
+            logger.debug("closing the live-message sink failed", exc_info=True)
+
 
 
 _sink_lock = threading.Lock()
 _current_sink: _Sink | None = None
 
 
-def _sink() -> _Sink:
-    """The collecting actor of the running Ray session (started on first use)."""
+def _use_sink() -> _Sink:
+    """The collecting actor of the running Ray session (made on first use), drained while runners use it."""
     global _current_sink
     import ray
 
     with _sink_lock:
         sink = _current_sink
-        if sink is None or sink.job != ray.get_runtime_context().get_job_id() or not sink.thread.is_alive():
+        if sink is None or sink.job != ray.get_runtime_context().get_job_id():
             sink = _current_sink = _Sink()
+        sink.users += 1
+        sink.open()
         return sink
 
 
-def _close_sink() -> None:
-    global _current_sink
+def _release_sink() -> None:
+    """A runner stopped using the sink: the last one stops its draining thread."""
     with _sink_lock:
-        sink, _current_sink = _current_sink, None
-    if sink is not None:
+        sink = _current_sink
+        if sink is None or sink.users == 0:
+            return
+        sink.users -= 1
+        if sink.users:
+            return
         sink.close()
 
 

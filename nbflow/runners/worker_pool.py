@@ -7,6 +7,12 @@ slot to a new thread, so at most ``max_workers`` threads *execute* at once
 while a task that submits tasks and waits on them always makes progress, even
 with ``max_workers=1``. A worker that resumes takes its slot back (it waits
 for one to be free), and extra threads leave once the blocked ones resume.
+
+A worker stuck in a call that nbflow abandoned (a task run blocked in C past
+its deadline or a cancel, see ``nbflow.timeouts``) leaves the pool at once:
+a new thread takes its place and its slot, runs the abandoned run's
+continuation first, then serves the queue; the stuck thread exits when its
+call finally returns.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import threading
 from typing import Any, Callable
 
 from nbflow.completion import set_thread_pool
+from nbflow.timeouts import set_thread_host
 
 _STOP = object()
 
@@ -38,6 +45,8 @@ class WorkerPool:
         self._running = 0  # threads executing an item and not blocked
         self._slot_waiters = 0
         self._closed = False
+        self._blocked_threads: set[int] = set()  # idents of the workers now lending their slot
+        self._abandoned: set[int] = set()  # idents of stuck workers that left the pool
 
     @property
     def max_workers(self) -> int:
@@ -59,31 +68,53 @@ class WorkerPool:
         if spawn:
             self._spawn()
 
-    def _spawn(self) -> None:
+    def _spawn(self, first: Callable[[], Any] | None = None, has_slot: bool = False) -> None:
         thread = threading.Thread(
-            target=self._work, name=f"{self._name}-{self._threads}", daemon=True
+            target=self._work, args=(first, has_slot), name=f"{self._name}-{self._threads}", daemon=True
         )
         thread.start()
 
-    def _work(self) -> None:
+    def _work(self, first: Callable[[], Any] | None, has_slot: bool) -> None:
         set_thread_pool(self)
+        set_thread_host(self)
+        ident = threading.get_ident()
         get = self._queue.get
         target = self._target
         lock = self._lock
-        while True:
-            item = get()
-            if item is _STOP:
-                return
-            with lock:
-                self._take_slot()
-            target(item)
-            item = None
-            with lock:
-                self._give_slot()
-                if self._threads > self._max + self._blocked:
-                    self._threads -= 1  # a stand-in for a blocked worker: leave
+        try:
+            if first is not None:  # an abandoned worker's continuation, in its place
+                if not has_slot:
+                    with lock:
+                        self._take_slot()
+                first()
+                first = None
+                if self._done_with_item(ident):
                     return
-                self._idle += 1
+            while True:
+                item = get()
+                if item is _STOP:
+                    return
+                with lock:
+                    self._take_slot()
+                target(item)
+                item = None
+                if self._done_with_item(ident):
+                    return
+        finally:
+            set_thread_host(None)
+
+    def _done_with_item(self, ident: int) -> bool:
+        """Give back the slot of the item just done; True if this thread leaves the pool."""
+        with self._lock:
+            if self._abandoned and ident in self._abandoned:
+                self._abandoned.discard(ident)  # its place and slot went to a replacement
+                return True
+            self._give_slot()
+            if self._threads > self._max + self._blocked:
+                self._threads -= 1  # a stand-in for a blocked worker: leave
+                return True
+            self._idle += 1
+            return False
 
     # -- execution slots (called with the lock held) ---------------------------
     def _take_slot(self) -> None:
@@ -101,8 +132,12 @@ class WorkerPool:
     # -- called by Completion.wait from inside a worker----------------------
     def blocking(self) -> None:
         """The calling worker is about to block: let another thread take its slot."""
+        ident = threading.get_ident()
         with self._lock:
+            if ident in self._abandoned:
+                return
             self._blocked += 1
+            self._blocked_threads.add(ident)
             self._give_slot()
             spawn = (
                 not self._closed
@@ -116,9 +151,30 @@ class WorkerPool:
 
     def unblocking(self) -> None:
         """The calling worker resumes: it waits for a free slot first."""
+        ident = threading.get_ident()
         with self._lock:
+            if ident in self._abandoned:
+                return
             self._blocked -= 1
+            self._blocked_threads.discard(ident)
             self._take_slot()
+
+    # -- called by nbflow.timeouts (the timer thread) when a call in a worker is abandoned ---------
+    def abandon(self, ident: int, continuation: Callable[[], Any]) -> None:
+        """Worker ``ident`` is stuck in an abandoned call: a new thread takes its place and runs ``continuation``.
+
+        The new thread inherits the stuck one's slot (if it held one: a
+        blocked worker had lent it), so ``max_workers`` still holds, then
+        serves the queue like any worker. The stuck one exits once its call
+        returns, giving back nothing.
+        """
+        with self._lock:
+            self._abandoned.add(ident)
+            has_slot = ident not in self._blocked_threads
+            if not has_slot:
+                self._blocked_threads.discard(ident)
+                self._blocked -= 1
+        self._spawn(continuation, has_slot)
 
     def shutdown(self) -> None:
         """Stop taking work; threads finish what they run and leave."""

@@ -96,7 +96,7 @@ def test_notebook_cells_show_views_results_and_errors():
 
 
 def test_a_redefined_task_reruns_on_the_process_runner():
-    pytest.importorskip("nbflow.process_runner")
+    pytest.importorskip("nbflow.runners.processes")
     cells = [
         "%load_ext nbflow",
         "from nbflow import task\n@task\ndef bump(x):\n    print('in a worker process', x)\n    return x + 1",

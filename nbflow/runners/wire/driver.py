@@ -1,36 +1,152 @@
-"""The driver side: applying what workers report to the driver's run records.
+"""The driver side: applying what workers report to the driver's records, and holding runs that execute elsewhere.
 
-A runner tracks a run before its payload leaves (:func:`track`); the live
-messages its worker sends are applied as they arrive (:func:`receive`), and
-the worker's record ends the run (:func:`complete`): whatever the live
-messages missed is published first, then the final state. A run whose worker
-or engine failed it ends Crashed (:func:`crash`), never hangs.
+A runner tracks a run before its payload leaves (:func:`track`) with a
+:class:`Remote`, its hold on the run; the live messages its worker sends are
+applied as they arrive (:func:`receive`), and the worker's record ends the
+run (:func:`complete`): whatever the live messages missed is published
+first, then the final state. A run whose worker or engine failed it ends
+Crashed (:func:`crash`), never hangs.
+
+The :class:`Remote` lets the driver end a run without its worker: a cancel
+ends it Cancelled here at once and stops its work where it runs; an attempt
+still running :data:`GRACE` seconds past its deadline (its code blocks in C
+or swallows the timeout) is stopped and ends TimedOut; an attempt whose
+worker died ends Crashed. Either is retried from the driver if the task has
+retries left.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
 import pickle
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
+from nbflow import engine
 from nbflow import logging as run_logging
 from nbflow import states as S
-from nbflow.exceptions import CrashedRun, SerializationError
+from nbflow.exceptions import CrashedRun, SerializationError, TaskRunTimeoutError
 from nbflow.records import TaskRun
 from nbflow.runners.wire.payload import Record
 from nbflow.runners.wire.results import Fetcher, RemoteState, loads_value
-from nbflow.states import StateType
+from nbflow.states import State, StateType
+from nbflow.timeouts import DeadlineExceeded
 
 _lock = threading.Lock()  # guards the output counters of tracked runs
+
+#: Seconds past an attempt's deadline (counted from when the driver heard it started) before the
+#: driver stops it itself; a worker's own timeout normally ends the attempt first.
+GRACE = 0.5
+
+
+class Remote:
+    """The driver's hold on a run that executes elsewhere, attached to its record (``TaskRun.attach_call``).
+
+    ``stop()`` stops the run's current work where it runs (kills its worker
+    process, cancels its engine task); it is called whenever the run ends
+    here while its worker still has it. ``retry()`` hands the run out again
+    for its next attempt (None: the runner does not retry from the driver).
+    ``deadlines``: whether the driver stops attempts that overrun their
+    task's ``timeout_seconds``.
+    """
+
+    __slots__ = ("run", "_stop", "_retry", "_deadlines", "_attached")
+
+    abandonable = True  # an interrupted run ends at once (TaskRun.interrupt)
+
+    def __init__(self, run: TaskRun, stop: Callable[[], Any], retry: Callable[[], Any] | None = None,
+                 deadlines: bool = True) -> None:
+        self.run = run
+        self._stop = stop
+        self._retry = retry
+        self._deadlines = deadlines
+        self._attached = False
+
+    def attach(self) -> None:
+        """Hold the run from now on, once ``stop()`` can reach its work (the first time it was handed out).
+
+        A run that ended meanwhile (cancelled before its work could be
+        reached) has that work stopped at once.
+        """
+        if self._attached:
+            return
+        self._attached = True
+        self.run.add_done_callback(self._ended)
+        stop = self.run.attach_call(self)
+        if stop is not None:  # interrupted before it could be held
+            self.interrupt(stop)
+
+    def interrupt(self, exc: type[BaseException]) -> bool:
+        """A cancel (``TaskRun.interrupt``): end the run here now; its work is stopped where it runs."""
+        run = self.run
+        return run.finish(engine.outcome_state(False, exc(), f"Task run {run.name!r}", None, TaskRunTimeoutError))
+
+    def _ended(self, run: TaskRun) -> None:
+        run.detach_call(self)
+        if untrack(run):  # it ended here, not by its worker's report
+            self._stop()
+
+    def attempt_started(self) -> None:
+        """The worker reported that an attempt started: arm its deadline."""
+        timeout = self.run.task.timeout_seconds
+        if timeout is not None and self._deadlines:
+            _timer.call_later(timeout + GRACE, self._overran, self.run.run_count)
+
+    def _overran(self, attempt: int) -> None:
+        run = self.run
+        if run.run_count != attempt or run.states[-1].type is not StateType.RUNNING:
+            return  # that attempt ended in time
+        if not untrack(run):
+            return  # its record arrived meanwhile
+        self._stop()
+        self.lost(engine.outcome_state(False, DeadlineExceeded(), f"Task run {run.name!r}",
+                                       run.task.timeout_seconds, TaskRunTimeoutError))
+
+    def lost(self, state: State) -> None:
+        """The current attempt ended on the driver in ``state`` (its worker died, or it overran and was
+        stopped): retry the run if its task allows, else end it in ``state``."""
+        run = self.run
+        task = run.task
+        # A worker that died before the attempt started (run_count 0) is no attempt to count, nor to repeat.
+        as_failure = state if state.is_failed() else S.Failed(message=state.message, data=state.data)
+        if self._retry is None or not run.run_count or not engine.should_retry(task, run, as_failure):
+            run.finish(state)
+            return
+        if run.done:  # cancelled meanwhile
+            return
+        run.set_state(S.AwaitingRetry(message=f"Retry {run.run_count} of {task.retries} after: {state.message}"))
+        delay = engine.retry_delay(task.retry_delay_seconds, task.retries, run.run_count, task.retry_jitter_factor)
+        if delay:
+            _timer.call_later(delay, self._resume)
+        else:
+            self._resume()
+
+    def _resume(self) -> None:
+        run = self.run
+        if run.done:  # cancelled while it waited to retry
+            return
+        reason = run.stop_reason()
+        if reason is not None:  # a retry never starts once its flow run is over
+            run.finish(S.Cancelled(
+                message=f"Task run {run.name!r} was not retried: {reason} while it waited to retry "
+                f"(its last attempt: {run.states[-1].message})"
+            ))
+            return
+        self._retry()
 
 
 class Tracked:
     """The driver's bookkeeping for a run executing remotely."""
 
-    __slots__ = ("run", "output_seen", "final")
+    __slots__ = ("run", "remote", "base", "output_seen", "final")
 
-    def __init__(self, run: TaskRun) -> None:
+    def __init__(self, run: TaskRun, remote: Remote | None) -> None:
         self.run = run
+        self.remote = remote
+        self.base = run.run_count  # attempts made before this payload left: its messages carry it
         self.output_seen = 0
         self.final: bytes | None = None  # a record that arrived live, before the engine's outcome
 
@@ -39,19 +155,27 @@ class Tracked:
 _tracked: dict[int, Tracked] = {}
 
 
-def track(run: TaskRun) -> None:
+def track(run: TaskRun, remote: Remote | None = None) -> None:
     """Start taking live messages for ``run`` (before its payload leaves)."""
-    _tracked[run.int_id] = Tracked(run)
+    _tracked[run.int_id] = Tracked(run, remote)
 
 
-def tracked(run_id: int) -> Tracked | None:
-    """The bookkeeping of the tracked run with this id, if it is still tracked."""
-    return _tracked.get(run_id)
+def tracked(run_id: int, base: int | None = None) -> Tracked | None:
+    """The bookkeeping of the tracked run with this id, if it is still tracked (and, given ``base``,
+    if the message naming it comes from the payload last sent)."""
+    entry = _tracked.get(run_id)
+    if entry is None or (base is not None and base != entry.base):
+        return None
+    return entry
 
 
-def untrack(run: TaskRun) -> None:
-    """Stop taking live messages for ``run`` (it ended on the driver)."""
-    _tracked.pop(run.int_id, None)
+def untrack(run: TaskRun) -> bool:
+    """Stop taking live messages for ``run``; True if it was tracked.
+
+    Whoever untracks a run that was tracked ends its current attempt (here, or
+    by :meth:`Remote.lost`): its record, if it still comes, is ignored.
+    """
+    return _tracked.pop(run.int_id, None) is not None
 
 
 def receive(blob: bytes) -> list[tuple]:
@@ -60,13 +184,14 @@ def receive(blob: bytes) -> list[tuple]:
     for message in pickle.loads(blob):
         kind = message[0]
         if kind == "state":
-            entry = _tracked.get(message[1])
-            if entry is not None:
-                entry.run.apply_reported(*message[2:])
+            entry = tracked(message[1], message[2])
+            if entry is not None and entry.run.apply_reported(*message[3:]):
+                if message[4].type is StateType.RUNNING and entry.remote is not None:
+                    entry.remote.attempt_started()
         elif kind == "output":
-            entry = _tracked.get(message[1])
+            entry = tracked(message[1], message[2])
             if entry is not None:
-                _apply_output(entry, *message[2:])
+                _apply_output(entry, *message[3:])
         else:
             others.append(message)
     return others
@@ -96,8 +221,8 @@ def complete(run: TaskRun, record_blob: bytes, value_blob: bytes | None = None,
             f"The outcome of task run {run.name!r} could not be unpickled on the driver "
             f"({type(exc).__name__}: {exc}). What it returns or raises must be importable here."
         ))
-    entry = _tracked.pop(run.int_id, None) or Tracked(run)
-    if run.done:  # cancelled meanwhile: it keeps that outcome
+    entry = _tracked.pop(run.int_id, None)
+    if entry is None or run.done:  # the driver ended (or is retrying) the attempt meanwhile: it keeps that outcome
         return False
     for index, state in enumerate(record.states[:-1], 1):
         run.apply_reported(index, state, record.name, record.run_count)
@@ -119,10 +244,15 @@ def complete(run: TaskRun, record_blob: bytes, value_blob: bytes | None = None,
 def crash(run: TaskRun, reason: str, error: BaseException | None = None) -> bool:
     """End ``run`` Crashed because its worker or engine failed it; False if it had ended."""
     _tracked.pop(run.int_id, None)
+    return run.finish(crashed(run, reason, error))
+
+
+def crashed(run: TaskRun, reason: str, error: BaseException | None = None) -> State:
+    """The Crashed state of ``run``, whose worker or engine failed it for ``reason``."""
     message = f"Task run {run.name!r} crashed: {reason}"
     exc = CrashedRun(message)
     exc.__cause__ = error
-    return run.finish(S.Crashed(message=message, data=exc))
+    return S.Crashed(message=message, data=exc)
 
 
 def fail(run: TaskRun, exc: BaseException) -> bool:
@@ -133,4 +263,37 @@ def fail(run: TaskRun, exc: BaseException) -> bool:
     return run.finish(S.Crashed(message=f"Task run {run.name!r} was interrupted: {exc!r}", data=exc))
 
 
-__all__ = ["Tracked", "track", "tracked", "untrack", "receive", "complete", "crash", "fail"]
+class _Timer:
+    """One daemon thread calling functions at set times: deadlines of remote attempts, retry delays."""
+
+    def __init__(self) -> None:
+        self._heap: list = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._seq = itertools.count()
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), fn, args))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="nbflow-remote-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                _, _, fn, args = heapq.heappop(self._heap)
+            try:
+                fn(*args)
+            except Exception:  # one failing action must not stop the others
+                logging.getLogger("nbflow.runners").exception("nbflow's remote-run timer: %r failed", fn)
+
+
+_timer = _Timer()
+
+
+__all__ = ["GRACE", "Remote", "Tracked", "track", "tracked", "untrack", "receive", "complete", "crash",
+           "crashed", "fail"]

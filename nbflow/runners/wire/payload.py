@@ -2,7 +2,8 @@
 
 A run crosses to a worker as a *payload*: the task (cloudpickled once per
 runner), a stand-in for its flow run, its arguments and its id, name, map
-index and tags. Futures in the arguments travel as stand-ins: a run on the
+index and tags, and, for a retry the driver decided, the states and attempts
+so far. Futures in the arguments travel as stand-ins: a run on the
 same engine is replaced by the outcome the engine hands the worker (its data
 never passes through the driver); any other run by its final state. So the
 NotReady and ``allow_failure`` rules are applied where the run executes.
@@ -158,7 +159,7 @@ class Payloads:
             raise self._argument_error(run, parameters, index, exc) from exc
         return pickle.dumps(
             (self._task(run.task), self._flow_run(run.flow_run), arguments, run.int_id, run.name,
-             run.map_index, run.tags, self._channel),
+             run.map_index, run.tags, self._channel, _history(run)),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
@@ -209,6 +210,17 @@ class Payloads:
             "picklable value instead (for a connection, client or lock: what is needed to create "
             "it, and create it inside the task), or run the task on ThreadPoolTaskRunner."
         )
+
+
+def _history(run: TaskRun) -> tuple[tuple[State, ...], int] | None:
+    # A run whose earlier attempts ended on the driver's watch goes on from them (TaskRun.resume).
+    return (tuple(run.states), run.run_count) if run.run_count else None
+
+
+def resumed(payload: bytes, run: TaskRun) -> bytes:
+    """``payload`` (built by :meth:`Payloads.build`) for the next attempt of ``run``, which goes on from its states so far."""
+    fields = pickle.loads(payload)
+    return pickle.dumps(fields[:-1] + (_history(run),), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class Record(NamedTuple):
@@ -282,6 +294,7 @@ __all__ = [
     "FlowRunStandIn",
     "Payloads",
     "Record",
+    "resumed",
     "dumps",
     "loading_upstream",
     "upstream_stand_in",

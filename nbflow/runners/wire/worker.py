@@ -47,10 +47,15 @@ class Channel:
 
     Subclasses say how a batch of messages (bytes) reaches the driver.
     Channels with the same key lead to the same place, so a worker batches
-    the messages of all payloads that name it.
+    the messages of all payloads that name it. A channel that is cheap to
+    send on (``eager``) carries a run's transitions at once: the driver then
+    knows when each attempt started (for its deadline) before the task's
+    code runs, and that it was Running if its worker dies.
     """
 
     __slots__ = ("key",)
+
+    eager = False
 
     def __init__(self, key: Any) -> None:
         self.key = key
@@ -59,7 +64,7 @@ class Channel:
     def open(self) -> Callable[[bytes], Any]:
         """A function sending one batch; called in the task's thread on first use."""
 
-    def report(self, record: Record, value: bytes | None) -> None:
+    def report(self, record: Record, value: bytes | None, base: int) -> None:
         """Deliver a finished run's record, if this transport carries it (see :func:`send_final`).
 
         By default it does not: the engine returns the record as the task's result.
@@ -151,11 +156,12 @@ _outbox = _Outbox()
 
 
 class _Active:
-    __slots__ = ("channel", "run_id", "sent")
+    __slots__ = ("channel", "run_id", "base", "sent")
 
-    def __init__(self, channel: Channel, run_id: int) -> None:
+    def __init__(self, channel: Channel, run_id: int, base: int) -> None:
         self.channel = channel
         self.run_id = run_id
+        self.base = base  # attempts made before this payload was sent: its messages carry it
         self.sent = 0
 
 
@@ -178,9 +184,13 @@ def _forward(event: events.RunEvent) -> None:
     if isinstance(event, events.StateEvent):
         if run.done:  # the final state travels in the run's record
             return
-        message = ("state", active.run_id, len(run.states) - 1, event.state, run.name, run.run_count)
+        message = ("state", active.run_id, active.base, len(run.states) - 1, event.state, run.name,
+                   run.run_count)
+        if active.channel.eager:
+            _outbox.send_now(active.channel, message)
+            return
     else:
-        message = ("output", active.run_id, active.sent, event.stream, event.text)
+        message = ("output", active.run_id, active.base, active.sent, event.stream, event.text)
         active.sent += 1
     _outbox.post(active.channel, message)
 
@@ -211,8 +221,9 @@ def run_payload(
     them; live messages go to ``channel``, or to the payload's.
     """
     _prepare_worker()
-    task_blob, flow_blob, arguments, run_id, name, map_index, tags, sent_with = pickle.loads(payload)
+    task_blob, flow_blob, arguments, run_id, name, map_index, tags, sent_with, history = pickle.loads(payload)
     channel = channel or sent_with
+    base = history[1] if history is not None else 0
     try:
         task = _load_task(task_blob)
         flow_run = pickle.loads(flow_blob) if flow_blob is not None else None
@@ -224,14 +235,16 @@ def run_payload(
             "Modules the task or its arguments come from must be importable there too: install "
             "them on the workers, or define what they need in the notebook or script itself."
         )
-        record = Record(run_id, (S.Failed(message=str(error), data=error),), 0, name, 0, None)
+        record = Record(run_id, (S.Failed(message=str(error), data=error),), base, name, 0, None)
         if channel is not None:
-            channel.report(record, None)
+            channel.report(record, None, base)
         return record, None
     if flow_run is not None and flow_run.settings != settings.current:
         settings.current = flow_run.settings
     run = TaskRun(task, flow_run, parameters, tags, map_index, name, dependencies=deps, id=run_id)
-    active = _Active(channel, run_id) if channel is not None else None
+    if history is not None:  # earlier attempts ended on the driver's watch: this one is a retry
+        run.resume(*history)
+    active = _Active(channel, run_id, base) if channel is not None else None
     if active is not None:
         _active[run] = active
     try:
@@ -242,13 +255,22 @@ def run_payload(
             _outbox.discard_states(active.channel, run_id)  # the record has them all
     record, value = _report(run, state, active.sent if active is not None else 0)
     if channel is not None:
-        channel.report(record, value)
+        channel.report(record, value, base)
     return record, value
 
 
-def send_final(channel: Channel, record: Record, value: bytes | None) -> None:
-    """Send a run's record (and value, if given) to the driver after its pending live messages."""
-    _outbox.send_now(channel, ("final", record.run_id, dumps(record), value))
+def send_final(channel: Channel, record: Record, value: bytes | None, base: int) -> None:
+    """Send a run's record (and value, if given) to the driver after its pending live messages.
+
+    ``base`` is the number of attempts made before the payload was sent (the driver ignores
+    a record of an attempt it gave up on).
+    """
+    send(channel, ("final", record.run_id, base, dumps(record), value))
+
+
+def send(channel: Channel, message: tuple) -> None:
+    """Send one message to the driver now, after the channel's pending live messages."""
+    _outbox.send_now(channel, message)
 
 
 @functools.lru_cache(maxsize=64)
@@ -295,4 +317,4 @@ def _portable(run: TaskRun, exc: BaseException) -> BaseException:
         )
 
 
-__all__ = ["LIVE_INTERVAL", "Channel", "run_payload", "send_final"]
+__all__ = ["LIVE_INTERVAL", "Channel", "run_payload", "send_final", "send"]

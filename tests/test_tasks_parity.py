@@ -21,7 +21,7 @@ import nbflow.runtime
 from nbflow import Task, allow_failure, flow, task
 from nbflow.exceptions import ParameterBindError
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.parity, pytest.mark.timeout(30)]
 
 
 @task
@@ -682,3 +682,76 @@ def test_nested_inline_task_inside_task_returning_state_name():
 
     assert f() == "Failed"
     assert count == 4
+
+
+def test_completion_hooks_run_for_runs_served_from_the_cache():
+    # Prefect 3.9.1: on_completion sees "Completed", then "Cached".
+    from nbflow.tasks import task_input_hash
+
+    seen = []
+
+    @task(cache_key_fn=task_input_hash, on_completion=[lambda t, r, s: seen.append(s.name)])
+    def cached(x):
+        return x
+
+    @flow
+    def f():
+        return cached(1), cached(1)
+
+    assert f() == (1, 1)
+    assert seen == ["Completed", "Cached"]
+
+
+def test_the_timeout_error_is_the_same_type_inline_in_threads_and_for_async_tasks():
+    import asyncio
+    import time
+
+    from nbflow.exceptions import TaskRunTimeoutError
+
+    @task(timeout_seconds=0.01)
+    def slow():
+        time.sleep(0.5)  # the workload the deadline cuts short
+
+    @task(timeout_seconds=0.01)
+    async def aslow():
+        await asyncio.sleep(0.5)
+
+    @flow
+    def f():
+        raised = []
+        for call in (lambda: slow(), lambda: slow.submit().result(), lambda: asyncio.run(aslow())):
+            try:
+                call()
+            except BaseException as exc:  # noqa: BLE001 - the type is what is checked
+                raised.append(type(exc))
+        return raised
+
+    assert f() == [TaskRunTimeoutError] * 3
+    assert issubclass(TaskRunTimeoutError, TimeoutError)
+
+
+def test_a_failed_state_passed_as_an_argument_leaves_the_run_not_ready():
+    from nbflow.states import Completed, Failed
+
+    from nbflow import quote
+
+    @task
+    def take(x):
+        return x
+
+    @task
+    def describe(x):
+        return type(x).__name__, x.name, x.message
+
+    @flow
+    def f():
+        blocked = take.submit(Failed(message="upstream broke"))
+        fine = take.submit(Completed(data=3))
+        quoted = describe.submit(quote(Failed(message="kept")))
+        blocked.wait()
+        return blocked.state, fine.result(), quoted.result()
+
+    state, value, passed = f()
+    assert state.is_pending() and state.name == "NotReady"
+    assert value == 3
+    assert passed == ("State", "Failed", "kept")  # quote hands the State itself over

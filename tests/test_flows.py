@@ -609,7 +609,8 @@ def test_sigint_while_flow_waits_on_a_map_cancels_queued_runs(gate):
 def test_keyboard_interrupt_from_inline_task_cancels_flow_and_reraises():
     @task
     def interrupted():
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C while the task runs inline in the main thread
+        time.sleep(10)
 
     @flow
     def f():

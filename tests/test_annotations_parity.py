@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from nbflow import allow_failure, quote, unmapped
 from nbflow.annotations import BaseAnnotation
+
+pytestmark = pytest.mark.parity
 
 
 def test_unmapped_acts_as_an_infinite_array():

@@ -18,7 +18,7 @@ from nbflow import allow_failure, flow, task
 from nbflow.exceptions import ParameterTypeError, ReservedArgumentError
 from nbflow.task_runners import ThreadPoolTaskRunner
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.parity, pytest.mark.timeout(30)]
 
 
 @task

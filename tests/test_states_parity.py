@@ -36,7 +36,7 @@ from nbflow.states import (
     StateType,
 )
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.parity, pytest.mark.timeout(30)]
 
 
 # -- State.result() on hand-made states --------------------------------------------------
