@@ -494,11 +494,11 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
                 yield (HOOKS, task.on_completion_hooks, task, run, cached)
                 return cached
         args, kwargs = task.call_arguments(parameters)
-        what = f"Task run {run.name!r}"
         state: State | None = None  # the last attempt's outcome
         while True:
             stop = run.stop_reason()
             if stop is not None:  # cancelled before this attempt, or its flow run is over: it does not start
+                what = f"Task run {run.name!r}"
                 if state is not None:
                     stop = f"{what} was not retried: {stop} (its last attempt: {state.message})"
                 else:
@@ -509,7 +509,10 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
             if task.on_running_hooks:
                 yield (HOOKS, task.on_running_hooks, task, run, attempt)
             ok, value = yield (CALL, task.fn, args, kwargs, task.timeout_seconds, run, None)
-            state = _task_outcome_state(ok, value, what, task.timeout_seconds)
+            if ok:  # the common case: no message to build
+                state = S.return_value_to_state(value)
+            else:
+                state = _task_outcome_state(ok, value, f"Task run {run.name!r}", task.timeout_seconds)
             if ok and (isinstance(value, State) or S.is_state_iterable(value)):
                 run.note_returned(value)  # an inline call returns it as it is
             elif run.returned is not NOTHING:

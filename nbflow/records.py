@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from nbflow import events, settings
 from nbflow.completion import Completion
-from nbflow.states import State, StateType
+from nbflow.states import Cancelled, Crashed, Retrying, Running, State, StateType
 
 if TYPE_CHECKING:
     from nbflow.flows import Flow
@@ -239,8 +239,6 @@ class TaskRun(Completion):
     def start_attempt(self) -> State:
         """Enter Running (Retrying after the first attempt); returns that state."""
         self.run_count += 1
-        from nbflow.states import Retrying, Running
-
         state = Running() if self.run_count == 1 else Retrying()
         self.set_state(state)
         return state
@@ -278,8 +276,6 @@ class TaskRun(Completion):
 
         Its ``.result()`` then raises CancelledRun naming the run and ``reason``.
         """
-        from nbflow.states import Cancelled
-
         with self._lock:
             if self._done or self._started:
                 return False
@@ -501,8 +497,6 @@ class FlowRun:
 
     def start_attempt(self, task_runner: "TaskRunner") -> State:
         """Begin an attempt with a fresh ``task_runner``: enter Running (Retrying after the first)."""
-        from nbflow.states import Retrying, Running
-
         self.run_count += 1
         self.task_runner = task_runner
         state = Running() if self.run_count == 1 else Retrying()
@@ -531,8 +525,6 @@ class FlowRun:
         Called as the run ends. A subflow run that started ends itself, even
         when its lifecycle is cut short (see ``crash_unfinished``).
         """
-        from nbflow.states import Crashed
-
         for sub in self.subflow_runs:
             if sub.run_count == 0 and sub.states[-1].name == "Pending":
                 sub.set_state(
