@@ -57,7 +57,23 @@ def _duration(start: float | None, end: float | None) -> float | None:
     return None if start is None else (end or time.time()) - start
 
 
-class TaskRun(Completion):
+class RunId:
+    """The id of a run record (``_id``, an int made by :func:`new_id`), as a UUID and as an int."""
+
+    __slots__ = ()
+    _id: int
+
+    @property
+    def id(self) -> uuid.UUID:
+        return as_uuid(self._id)
+
+    @property
+    def int_id(self) -> int:
+        """The run id as an int (what crosses to workers and back)."""
+        return self._id
+
+
+class TaskRun(RunId, Completion):
     """The record of one run of a task.
 
     ``states`` holds every state the run entered, oldest first; ``state`` is
@@ -136,15 +152,6 @@ class TaskRun(Completion):
             events.publish_task_state(self, self.states[0])
 
     # -- identity ------------------------------------------------------------
-    @property
-    def id(self) -> uuid.UUID:
-        return as_uuid(self._id)
-
-    @property
-    def int_id(self) -> int:
-        """The run id as an int (what crosses to workers and back)."""
-        return self._id
-
     @property
     def name(self) -> str:
         """The run's name: ``task_run_name`` if given, else ``"{task}-{3 hex}"``."""
@@ -399,7 +406,7 @@ class _Pause:
         return True
 
 
-class FlowRun:
+class FlowRun(RunId):
     """The record of one run of a flow: its task runs, subflow runs and states."""
 
     __slots__ = (
@@ -441,15 +448,6 @@ class FlowRun:
             parent.subflow_runs.append(self)
         _record(self)
         events.publish_flow_state(self, self.states[0])
-
-    @property
-    def id(self) -> uuid.UUID:
-        return as_uuid(self._id)
-
-    @property
-    def int_id(self) -> int:
-        """The run id as an int."""
-        return self._id
 
     @property
     def name(self) -> str:
