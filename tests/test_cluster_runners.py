@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import cloudpickle
 import pytest
 
+import nbflow.runtime
 from nbflow import allow_failure, flow, task, wait
 from nbflow.context import current_flow_run
 from nbflow.exceptions import MissingDependencyError
+from nbflow.flows import cancel_flow_run
 from nbflow.futures import PrefectFuture
 from nbflow.task_runners import DaskTaskRunner, RayTaskRunner
-from runner_semantics import wait_for_file
+from runner_semantics import SAFETY, wait_for_file
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -47,6 +52,9 @@ class Engine:
             return DaskTaskRunner(address=self._request.getfixturevalue("dask_cluster").scheduler_address)
         self._request.getfixturevalue("ray_session")  # initialised: the runner uses it, leaves it running
         return RayTaskRunner()
+
+    def module_object(self):
+        return self._request.getfixturevalue("ray_session") if self.name == "ray" else None
 
     def session_cluster_runs(self) -> bool:
         if self.name == "dask":
@@ -110,6 +118,100 @@ def test_an_existing_cluster_is_used_and_left_running(engine):
 
     assert f() != os.getpid()
     assert engine.session_cluster_runs()
+
+
+def test_a_run_cancelled_while_it_executes_has_its_engine_task_cancelled(engine, tmp_path, wait_until):
+    gate = str(tmp_path / "gate")  # opened on teardown: a Dask worker thread cannot be stopped
+
+    @task
+    def held():
+        wait_for_file(gate)
+        return "finished"
+
+    seen = []
+
+    @flow(task_runner=engine.runner())
+    def f():
+        future = held.submit()
+        assert wait_until(lambda: future.state.is_running())  # it executes on the cluster
+        seen.append((future.task_run, current_flow_run().task_runner._handles[future.task_run]))
+        cancel_flow_run(current_flow_run())
+        return "cancelled"
+
+    try:
+        state = f(return_state=True)
+        (run, handle), = seen
+        assert state.is_cancelled() and run.state.is_cancelled()
+        assert "was cancelled while running" in run.state.message
+        if engine.name == "dask":
+            assert wait_until(lambda: handle.status == "cancelled")
+        else:
+            with pytest.raises(ray_exceptions().TaskCancelledError):
+                engine.module_object().get(handle[0], timeout=SAFETY)  # cancelled, not left to finish
+    finally:
+        open(gate, "w").close()
+
+
+def ray_exceptions():
+    import ray.exceptions
+
+    return ray.exceptions
+
+
+def test_a_ray_run_past_its_deadline_is_cancelled_there_and_retried(ray_session, tmp_path):
+    marker = str(tmp_path / "first-attempt")
+    handles = []
+
+    @task(timeout_seconds=0.5, retries=1)
+    def stuck_once():
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # the worker's own deadline cannot fire
+            time.sleep(30)
+        return nbflow.runtime.task_run.run_count
+
+    @flow(task_runner=RayTaskRunner())
+    def f():
+        future = stuck_once.submit()
+        handles.append(current_flow_run().task_runner._handles[future.task_run])
+        return future.result(), future.task_run
+
+    count, run = f()
+    assert count == 2 and [s.name for s in run.states] == [
+        "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"
+    ]
+    assert "exceeded its timeout of 0.5 seconds" in run.states[2].message
+    with pytest.raises(ray_exceptions().TaskCancelledError):
+        ray_session.get(handles[0][0], timeout=SAFETY)  # the first attempt was cancelled (its worker killed)
+
+
+def test_a_dask_run_past_its_deadline_ends_on_time_and_is_retried():
+    """A Dask worker thread blocked in C cannot be interrupted: the driver ends the attempt at its
+    deadline, cancels its task and retries; the blocked thread's late report is ignored."""
+    cluster_kwargs = {"n_workers": 1, "threads_per_worker": 2, "dashboard_address": ":0"}
+
+    @task(timeout_seconds=0.5, retries=1)
+    def stuck_once():
+        # Both attempts run in the one worker process, in two of its threads.
+        first = sys.__dict__.setdefault("nbflow_test_first_attempt", (threading.Lock(), threading.Event()))
+        blocked, release = first
+        if nbflow.runtime.task_run.run_count == 1:
+            with blocked:
+                release.wait(SAFETY)  # a C-level wait: no deadline interrupts it
+            return "first"
+        still_blocked = blocked.locked()
+        release.set()
+        return nbflow.runtime.task_run.run_count, still_blocked
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs=cluster_kwargs))
+    def f():
+        future = stuck_once.submit()
+        return future.result(), future.task_run
+
+    (count, first_still_blocked), run = f()
+    assert count == 2 and first_still_blocked  # the retry did not wait for the blocked attempt
+    assert [s.name for s in run.states] == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
+    assert "exceeded its timeout of 0.5 seconds" in run.states[2].message
 
 
 # -- where they differ ------------------------------------------------------------------------------
