@@ -31,7 +31,9 @@ import pytest
 import nbflow.runs
 import nbflow.runtime
 from nbflow import allow_failure, as_completed, flow, task, unmapped, wait
+from nbflow.context import current_flow_run
 from nbflow.exceptions import SerializationError, TaskRunTimeoutError, UnfinishedRun
+from nbflow.flows import cancel_flow_run
 from nbflow.futures import PrefectFuture
 from nbflow.task_runners import DaskTaskRunner, ProcessPoolTaskRunner, RayTaskRunner, ThreadPoolTaskRunner
 
@@ -373,6 +375,39 @@ def test_a_failing_flow_cancels_runs_that_have_not_started(runner, tmp_path):
     first, second, queued = runs
     assert first.state.result() == second.state.result() == "held"  # started runs finished
     assert queued.state.is_cancelled() and not any(s.is_running() for s in queued.states)
+
+
+def test_cancelling_a_flow_run_ends_its_executing_runs_cancelled(runner, tmp_path):
+    gate = str(tmp_path / "gate")  # opened on teardown only: the runs are stopped, not released
+    running = threading.Semaphore(0)
+
+    @task
+    def held():
+        wait_for_file(gate)
+        return "finished"
+
+    def watch(event):
+        if event.kind == "state" and getattr(event.run, "task", None) is held and event.state.is_running():
+            running.release()
+
+    nbflow.runs.subscribe(watch)
+    runs = []
+
+    @flow(task_runner=runner())
+    def f():
+        futures = [held.submit() for _ in range(2)]
+        assert running.acquire(timeout=SAFETY) and running.acquire(timeout=SAFETY)
+        runs.extend(future.task_run for future in futures)
+        cancel_flow_run(current_flow_run())
+        wait(futures, timeout=SAFETY)
+
+    try:
+        state = f(return_state=True)
+        assert state.is_cancelled()
+        for run in runs:
+            assert run.state.is_cancelled() and "was cancelled while running" in run.state.message
+    finally:
+        open(gate, "w").close()
 
 
 # -- bad input -------------------------------------------------------------------------------------

@@ -170,13 +170,19 @@ def test_a_ray_run_past_its_deadline_is_cancelled_there_and_retried(ray_session,
             time.sleep(30)
         return nbflow.runtime.task_run.run_count
 
+    @task
+    def after(x):
+        return x * 10
+
     @flow(task_runner=RayTaskRunner())
     def f():
         future = stuck_once.submit()
         handles.append(current_flow_run().task_runner._handles[future.task_run])
-        return future.result(), future.task_run
+        downstream = after.submit(future)  # waits on Ray for the first attempt, which is cancelled
+        return future.result(), future.task_run, downstream.result()
 
-    count, run = f()
+    count, run, downstream = f()
+    assert downstream == 20  # handed over again with the retried run's value
     assert count == 2 and [s.name for s in run.states] == [
         "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"
     ]
@@ -203,13 +209,19 @@ def test_a_dask_run_past_its_deadline_ends_on_time_and_is_retried():
         release.set()
         return nbflow.runtime.task_run.run_count, still_blocked
 
+    @task
+    def after(x):
+        return x
+
     @flow(task_runner=DaskTaskRunner(cluster_kwargs=cluster_kwargs))
     def f():
         future = stuck_once.submit()
-        return future.result(), future.task_run
+        downstream = after.submit(future)  # waits on Dask for the first attempt, which is cancelled
+        return future.result(), future.task_run, downstream.result()
 
-    (count, first_still_blocked), run = f()
+    (count, first_still_blocked), run, downstream = f()
     assert count == 2 and first_still_blocked  # the retry did not wait for the blocked attempt
+    assert downstream == (2, True)  # handed over again with the retried run's value
     assert [s.name for s in run.states] == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
     assert "exceeded its timeout of 0.5 seconds" in run.states[2].message
 
@@ -305,6 +317,41 @@ def test_a_failing_ray_flow_leaves_its_driver_alive(ray_session):
     )
     crash = [line for line in out.stderr.splitlines() if "Check failed" in line][:1]
     assert "the driver is alive" in out.stdout, (out.returncode, crash)
+
+
+# A driver of the session's Ray, in a child process, that shuts Ray down itself after flows
+# (as a script, a test or Ray's atexit does): nbflow must not be waiting on Ray by then.
+_SHUTDOWN_CYCLES = textwrap.dedent(
+    """
+    import sys
+    import ray
+    from nbflow import flow, task
+    from nbflow.task_runners import RayTaskRunner
+
+    @task
+    def one():
+        print("hello")
+        return 1
+
+    @flow(task_runner=RayTaskRunner())
+    def f():
+        return one.submit().result()
+
+    for cycle in range(int(sys.argv[2])):
+        ray.init(address=sys.argv[1], log_to_driver=False)
+        assert f() == 1 and f() == 1
+        ray.shutdown()
+        print("cycle", cycle, "survived", flush=True)
+    """
+)
+
+
+def test_ray_shut_down_by_its_user_after_flows_leaves_the_driver_alive(ray_session):
+    out = subprocess.run(
+        [sys.executable, "-c", _SHUTDOWN_CYCLES, ray_session.get_runtime_context().gcs_address, "3"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0 and "cycle 2 survived" in out.stdout, (out.returncode, out.stderr[-1500:])
 
 
 def test_a_dask_runner_given_no_address_starts_its_own_cluster_and_closes_it():

@@ -6,8 +6,16 @@ not re-import the caller's ``__main__``: a script needs no ``if __name__ ==
 tasks defined in a notebook or ``__main__`` run there. Upstream futures are
 resolved on the driver before a run is sent. Each worker talks to the driver
 over one pipe, which carries the run's live transitions and printed lines and
-then its outcome, in order; a worker that dies ends its run Crashed and is
-replaced.
+then its outcome, in order.
+
+A run stopped on the driver while it executes (a cancel, a flow that ends
+cancelled or timed out, an interrupt, or an attempt still running past its
+deadline because its code blocks in C or swallows the timeout) has its
+worker killed; the pool starts another as work arrives, so the next run
+never waits for the stuck one. A worker that dies while running a run ends
+that attempt Crashed (retried if the task has retries left); a run it had
+not taken yet goes to another worker. Unlike Prefect's, whose process pool
+breaks when a worker dies and which waits for running tasks on a cancel.
 
 The pool outlives flow runs: runners with the same configuration (all the
 ``duplicate()`` copies a flow makes among them) share one, started on first
@@ -37,7 +45,7 @@ from nbflow.records import TaskRun
 from nbflow.runners.base import TaskRunner
 from nbflow.runners.wire import driver
 from nbflow.runners.wire.payload import Payloads, Record, resumed
-from nbflow.runners.wire.worker import Channel, run_payload, send, send_final
+from nbflow.runners.wire.worker import Channel, run_payload, send_final
 from nbflow.states import State
 
 # What a worker process runs: python -c _BOOT <fd of its end of the pipe>.
@@ -150,13 +158,14 @@ class _PipeChannel(Channel):
 class _Job:
     """A run on its way to a worker process, with its payload; ``remote`` once it was claimed."""
 
-    __slots__ = ("run", "payload", "remote", "worker")
+    __slots__ = ("run", "payload", "remote", "worker", "handed_back")
 
     def __init__(self, run: TaskRun, payload: bytes) -> None:
         self.run = run
         self.payload = payload
         self.remote: driver.Remote | None = None
         self.worker: _Worker | None = None  # the worker that holds it
+        self.handed_back = False  # a worker died before it started it
 
 
 class _Worker:
@@ -166,18 +175,18 @@ class _Worker:
         self.process = process
         self.conn = conn
         self.job: _Job | None = None
-        self.taken = False  # the worker said it received its job's payload
+        self.taken = False  # the worker reported on its job: it started it
 
 
 class _Pool:
     """Worker processes started as work arrives, up to ``size``, and one thread reading their pipes.
 
     A job goes to a live worker: one that died idle is never handed work,
-    and a job whose worker died before taking it goes to another. A job
-    whose worker died while running it ends Crashed, or is retried if its
-    task has retries left. A job the driver stops (a cancel, an attempt past
-    its deadline) has its worker killed; the pool replaces it as work
-    arrives.
+    and a job whose worker died before it reported starting it goes to
+    another. A job whose worker died while running it ends Crashed, or is
+    retried if its task has retries left. A job the driver stops (a cancel,
+    an attempt past its deadline) has its worker killed; the pool starts
+    another as work arrives.
     """
 
     def __init__(self, key: tuple, size: int, initializer: Any, initargs: tuple) -> None:
@@ -308,10 +317,9 @@ class _Pool:
                 except (EOFError, OSError):
                     self._lost(worker)
                     continue
+                worker.taken = True  # a worker's first word on a job is its Running (eager) or its outcome
                 for message in driver.receive(blob):
-                    if message[0] == "taken":
-                        worker.taken = True
-                    elif message[0] == "final":
+                    if message[0] == "final":
                         self._final(worker, *message[1:])
                     else:
                         self._init_failed(worker, message[1])
@@ -333,16 +341,19 @@ class _Pool:
             if worker in self._idle:
                 self._idle.remove(worker)
             job, worker.job = worker.job, None
+            started = worker.taken
             if job is not None:
                 job.worker = None
-                if not worker.taken:  # it never reached the worker: another one runs it
-                    self._queue.appendleft(job)
+                if not started and not job.handed_back:  # the worker died before it started the run
+                    job.handed_back = job.remote is not None  # it was sent: once only, for a payload that
+                    self._queue.appendleft(job)               # kills its worker as it arrives crashes
+                    job = None
         worker.conn.close()
         code = worker.process.wait()
-        if job is not None and worker.taken and driver.untrack(job.run):
+        if job is not None and driver.untrack(job.run):
+            what = "while running it" if started else "twice, before it could start it"
             job.remote.lost(driver.crashed(  # type: ignore[union-attr]
-                job.run,
-                f"its worker process (pid {worker.process.pid}) died while running it (exit code {code}).",
+                job.run, f"its worker process (pid {worker.process.pid}) died {what} (exit code {code})."
             ))
         self._pump()
 
@@ -413,7 +424,6 @@ def serve(fd: int) -> None:
             payload = conn.recv_bytes()
         except EOFError:
             return
-        send(channel, ("taken",))  # a worker that dies from now on dies running it
         run_payload(payload, (), channel)
 
 

@@ -11,7 +11,14 @@ run's value, which stays in the object store: downstream runs receive it as
 an ObjectRef argument, and the driver fetches it when it is read, or at the
 end of the flow run if no other run consumed it (``nbflow.runners.wire.results.Fetcher``). Transitions and
 printed lines reach the driver through a small actor that workers send
-batches to and a driver thread drains (blocking, not polling).
+batches to and a driver thread drains (blocking, not polling) while a
+runner uses it.
+
+A run that ends on the driver while Ray still has its task (cancelled, or
+past its deadline) has that task stopped: cancelled with force if it
+executes; if it may not have started, withdrawn (:class:`_Marks`) or, with
+no upstream refs to resolve, cancelled plainly. Ray 2.60 can abort the
+driver when a task is cancelled while its upstream refs resolve.
 """
 
 from __future__ import annotations
@@ -84,8 +91,9 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
 
     def _stop(self) -> None:
         # Always let go of the sink: a thread left waiting on Ray ends the process when Ray shuts down.
-        self._live = None
-        _release_sink()
+        live, self._live = self._live, None
+        if live is not None:
+            live.release()
         if self._marks is not None:
             self._marks.close()
         if self._started_ray:
@@ -201,13 +209,6 @@ def _run_on_worker(payload: bytes, key: bytes | None, *upstream: bytes | None) -
     return dumps(record), value
 
 
-@functools.lru_cache(maxsize=8)
-def _sink_actor(name: str) -> Any:
-    import ray
-
-    return ray.get_actor(name, namespace=_NAMESPACE)
-
-
 # -- withdrawing runs that have not started ------------------------------------------------------
 class _Marks:
     """Start marks of one runner's tasks that have upstream refs, in Ray's key-value store (one
@@ -288,7 +289,9 @@ class _RayChannel(worker.Channel):
     __slots__ = ()
 
     def open(self) -> Callable[[bytes], Any]:
-        return _sink_actor(self.key).put.remote
+        import ray
+
+        return ray.get_actor(self.key, namespace=_NAMESPACE).put.remote
 
 
 @functools.cache
@@ -362,6 +365,12 @@ class _Sink:
         except Exception:
             logger.debug("closing the live-message sink failed", exc_info=True)
 
+    def release(self) -> None:
+        """A runner stopped using the sink: the last one stops the draining thread."""
+        with _sink_lock:
+            self.users -= 1
+            if not self.users:
+                self.close()
 
 
 _sink_lock = threading.Lock()
@@ -380,18 +389,6 @@ def _use_sink() -> _Sink:
         sink.users += 1
         sink.open()
         return sink
-
-
-def _release_sink() -> None:
-    """A runner stopped using the sink: the last one stops its draining thread."""
-    with _sink_lock:
-        sink = _current_sink
-        if sink is None or sink.users == 0:
-            return
-        sink.users -= 1
-        if sink.users:
-            return
-        sink.close()
 
 
 __all__ = ["RayTaskRunner", "PrefectRayFuture"]

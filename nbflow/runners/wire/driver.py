@@ -48,21 +48,17 @@ class Remote:
     ``stop()`` stops the run's current work where it runs (kills its worker
     process, cancels its engine task); it is called whenever the run ends
     here while its worker still has it. ``retry()`` hands the run out again
-    for its next attempt (None: the runner does not retry from the driver).
-    ``deadlines``: whether the driver stops attempts that overrun their
-    task's ``timeout_seconds``.
+    for its next attempt.
     """
 
-    __slots__ = ("run", "_stop", "_retry", "_deadlines", "_attached")
+    __slots__ = ("run", "_stop", "_retry", "_attached")
 
     abandonable = True  # an interrupted run ends at once (TaskRun.interrupt)
 
-    def __init__(self, run: TaskRun, stop: Callable[[], Any], retry: Callable[[], Any] | None = None,
-                 deadlines: bool = True) -> None:
+    def __init__(self, run: TaskRun, stop: Callable[[], Any], retry: Callable[[], Any]) -> None:
         self.run = run
         self._stop = stop
         self._retry = retry
-        self._deadlines = deadlines
         self._attached = False
 
     def attach(self) -> None:
@@ -74,13 +70,13 @@ class Remote:
         if self._attached:
             return
         self._attached = True
-        self.run.add_done_callback(self._ended)
         stop = self.run.attach_call(self)
+        self.run.add_done_callback(self._ended)  # after attach_call: it detaches, even from a run that ended
         if stop is not None:  # interrupted before it could be held
             self.interrupt(stop)
 
     def interrupt(self, exc: type[BaseException]) -> bool:
-        """A cancel (``TaskRun.interrupt``): end the run here now; its work is stopped where it runs."""
+        """A cancel (``TaskRun.interrupt`` with ``exc``): end the run here now; its work is stopped where it runs."""
         run = self.run
         return run.finish(engine.outcome_state(False, exc(), f"Task run {run.name!r}", None, TaskRunTimeoutError))
 
@@ -92,7 +88,7 @@ class Remote:
     def attempt_started(self) -> None:
         """The worker reported that an attempt started: arm its deadline."""
         timeout = self.run.task.timeout_seconds
-        if timeout is not None and self._deadlines:
+        if timeout is not None:
             _timer.call_later(timeout + GRACE, self._overran, self.run.run_count)
 
     def _overran(self, attempt: int) -> None:
@@ -112,7 +108,7 @@ class Remote:
         task = run.task
         # A worker that died before the attempt started (run_count 0) is no attempt to count, nor to repeat.
         as_failure = state if state.is_failed() else S.Failed(message=state.message, data=state.data)
-        if self._retry is None or not run.run_count or not engine.should_retry(task, run, as_failure):
+        if not run.run_count or not engine.should_retry(task, run, as_failure):
             run.finish(state)
             return
         if run.done:  # cancelled meanwhile
