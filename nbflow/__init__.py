@@ -27,6 +27,17 @@ from nbflow.tasks import Task, task
 __version__ = "0.1.0"
 
 
+def retry(run: Any = None, **parameters: Any) -> Any:
+    """Run a flow run's flow again, re-executing only the task runs that did not complete.
+
+    ``run``: a FlowRun, a run-history record, a run id or name, or a flow name (its
+    latest run); by default the latest run. See :mod:`nbflow.store.retry`.
+    """
+    from nbflow.store.retry import retry as retry_run
+
+    return retry_run(run, **parameters)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbflow``: register the magics and the live run view."""
     from nbflow.notebook import load_ipython_extension as load
@@ -57,6 +68,7 @@ __all__ = [
     "PrefectFuture",
     "PrefectFutureList",
     "State",
+    "retry",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 
@@ -26,6 +28,42 @@ class BlockingListener(Protocol):
 
 
 _worker = threading.local()
+
+#: Seconds between two calls of the wait hook while the main thread blocks.
+WAIT_HOOK_INTERVAL = 0.05
+_wait_hook: Callable[[], Any] | None = None
+
+
+def set_wait_hook(hook: Callable[[], Any] | None) -> None:
+    """Call ``hook()`` every ``WAIT_HOOK_INTERVAL`` s while the main thread blocks in a wait (None: never).
+
+    The notebook layer installs one that handles the kernel's widget messages,
+    so a view's Cancel button works while a plain flow call in a cell waits
+    for its task runs. With no hook (scripts) a wait is one blocking acquire.
+    """
+    global _wait_hook
+    _wait_hook = hook
+
+
+def _acquire_calling_hook(lock: threading.Lock, timeout: float | None, hook: Callable[[], Any]) -> bool:
+    """Acquire ``lock`` within ``timeout`` (None: no limit), calling ``hook()`` between short tries."""
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+    while True:
+        step = WAIT_HOOK_INTERVAL if deadline is None else min(WAIT_HOOK_INTERVAL, max(0.0, deadline - time.monotonic()))
+        if lock.acquire(timeout=step):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        try:
+            hook()
+        except Exception:  # the hook serves a front end: a failure there must not break the wait
+            logging.getLogger("nbflow").exception("nbflow: the wait hook failed; it is removed")
+            set_wait_hook(None)
+            hook = _no_hook
+
+
+def _no_hook() -> None:
+    return None
 
 
 def set_thread_pool(pool: BlockingListener | None) -> None:
@@ -118,7 +156,11 @@ class Completion:
                 self._waiters.append(lock)
         try:
             with blocking_wait():
-                finished = lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+                hook = _wait_hook
+                if hook is not None and threading.current_thread() is threading.main_thread():
+                    finished = _acquire_calling_hook(lock, timeout, hook)
+                else:
+                    finished = lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
         finally:
             if not self._done:
                 with self._lock:
@@ -190,8 +232,10 @@ __all__ = [
     "BlockingListener",
     "Completion",
     "Countdown",
+    "WAIT_HOOK_INTERVAL",
     "blocking_wait",
     "set_thread_pool",
+    "set_wait_hook",
     "wait_all_async",
     "when_all_done",
 ]

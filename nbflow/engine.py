@@ -39,8 +39,10 @@ import random
 import sys
 import threading
 import time
-from typing import Any, Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
+from nbflow import settings
 from nbflow import states as S
 from nbflow.completion import wait_all_async
 from nbflow.context import flow_run_var, task_run_var
@@ -238,7 +240,7 @@ def _call_unwatched(fn: Callable, args: tuple, kwargs: dict, main: bool) -> Outc
 class _TaskCall(Watch):
     """A dispatched task run's call in a worker thread: if it does not react, the run goes on without it."""
 
-    __slots__ = ("run", "lifecycle", "context")
+    __slots__ = ("context", "lifecycle", "run")
 
     abandonable = True
 
@@ -302,7 +304,7 @@ async def _with_timeout(awaitable: Any, timeout: float | None) -> Any:
         return await awaitable
     try:
         return await asyncio.wait_for(awaitable, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise DeadlineExceeded() from None
 
 
@@ -472,27 +474,24 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
     outer = task_run_var.get()  # restored by value: the lifecycle may end in another thread's context
     task_run_var.set(run)
     run.set_inputs(parameters)  # what nbflow.runtime.task_run.parameters shows
+    entry = None  # the run's place in the result store, if it has one
     try:
         if task.task_run_name is not None:
             try:
                 run.name = task.render_run_name(parameters)
             except Exception as exc:
                 return S.Failed(message=str(exc), data=exc)
-        cache_key = None
-        if task.cache_key_fn is not None:
-            from nbflow import cache
+        current = settings.current
+        if task.persist_result or current.cache or current.persist_results:
+            from nbflow.store import cache
 
-            try:
-                cache_key, cached = cache.lookup(task, run, parameters)
-            except Exception:
-                logger.exception(
-                    "Error encountered when computing cache key - result will not be persisted "
-                    "(task %r).", task.name
-                )
-                cache_key, cached = None, None
-            if cached is not None:
-                yield (HOOKS, task.on_completion_hooks, task, run, cached)
-                return cached
+            policy, persist = cache.policy_of(task)
+            if persist:
+                entry = cache.open_entry(task, run, parameters, policy, persist)
+            if entry is not None and entry.cached is not None:
+                entry.close(None)
+                yield (HOOKS, task.on_completion_hooks, task, run, entry.cached)
+                return entry.cached
         args, kwargs = task.call_arguments(parameters)
         state: State | None = None  # the last attempt's outcome
         while True:
@@ -526,15 +525,16 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
                     yield (SLEEP, delay, run)
                 continue
             break
-        if cache_key is not None and state.is_completed():
-            from nbflow import cache
-
-            cache.store(task, cache_key, state.data)
+        if entry is not None:
+            entry.close(state)
+            entry = None
         hooks = final_hooks(task, state)
         if hooks:
             yield (HOOKS, hooks, task, run, state)
         return state
     finally:
+        if entry is not None:  # cut short (an interrupt): release the key's lock, store nothing
+            entry.close(None)
         run.set_inputs(None)
         task_run_var.set(outer)
 
@@ -671,24 +671,24 @@ def _guard_state(run: TaskRun, exc: BaseException) -> State:
 
 
 __all__ = [
+    "CALL",
+    "HOOKS",
+    "SLEEP",
+    "WAIT",
     "CancelSignal",
-    "surfacing",
-    "with_headroom",
+    "admits",
     "drive",
     "drive_async",
-    "task_lifecycle",
+    "final_hooks",
+    "outcome_state",
     "resolve_inputs",
-    "admits",
-    "upstream_message",
+    "retry_delay",
+    "run_coroutine",
     "run_here",
     "run_here_async",
-    "run_coroutine",
-    "outcome_state",
-    "retry_delay",
     "should_retry",
-    "final_hooks",
-    "WAIT",
-    "HOOKS",
-    "CALL",
-    "SLEEP",
+    "surfacing",
+    "task_lifecycle",
+    "upstream_message",
+    "with_headroom",
 ]

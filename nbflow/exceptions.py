@@ -44,6 +44,10 @@ class FailedRun(PrefectException):
     """A run failed without an exception of its own (e.g. it returned a Failed state)."""
 
 
+class InvalidNameError(PrefectException, ValueError):
+    """A flow name holds a character Prefect does not allow (``/ % & > <``)."""
+
+
 class MissingResult(PrefectException):
     """A state holds no result (e.g. a cache entry that expired)."""
 

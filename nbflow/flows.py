@@ -18,11 +18,19 @@ import inspect
 import logging
 import typing
 import warnings
-from typing import Any, Callable, Generator, Generic, Iterable, ParamSpec, TypeVar, overload
+import weakref
+from collections.abc import Callable, Generator, Iterable
+from typing import (
+    Any,
+    Generic,
+    ParamSpec,
+    TypeVar,
+    overload,
+)
 
-from nbflow import engine
+from nbflow import engine, settings
 from nbflow import states as S
-from nbflow.context import current_flow_run, flow_run_var, tags_var, task_run_var
+from nbflow.context import current_flow_run, flow_run_var, tags_var, task_run_var, tracer_var
 from nbflow.exceptions import (
     FlowRunTimeoutError,
     ParameterTypeError,
@@ -36,8 +44,8 @@ from nbflow.options import (
     hook_decorator,
     unwrap_method,
 )
-from nbflow.resolve import find
 from nbflow.records import FlowRun, TaskRun
+from nbflow.resolve import find
 from nbflow.signature import CallSignature, render_run_name
 from nbflow.states import State
 from nbflow.task_runners import TaskRunner
@@ -46,6 +54,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("nbflow.flow_runs")
+
+
+# Flows by name, the latest definition of each: what a retry after a restart runs.
+_by_name: weakref.WeakValueDictionary[str, Flow] = weakref.WeakValueDictionary()
 
 
 class Flow(MethodDescriptor, Generic[P, R]):
@@ -63,6 +75,7 @@ class Flow(MethodDescriptor, Generic[P, R]):
         self.signature = CallSignature(fn)
         check_reserved(self.signature.names, f"flow {self.name!r}")
         self._adapters: dict[str, Any] | None = None
+        _by_name[self.name] = self  # the latest definition, for retries
 
     retry_condition_fn = None  # flows have none; the engine's retry rule reads it
 
@@ -72,7 +85,7 @@ class Flow(MethodDescriptor, Generic[P, R]):
     on_crashed = hook_decorator("on_crashed")
     on_running = hook_decorator("on_running")
 
-    def with_options(self, **options: Any) -> "Flow[P, R]":
+    def with_options(self, **options: Any) -> Flow[P, R]:
         """A new flow with some options changed; the original is unchanged.
 
         As in Prefect: an empty ``name``, ``version``, ``flow_run_name``,
@@ -146,7 +159,13 @@ class Flow(MethodDescriptor, Generic[P, R]):
         flow returns a coroutine to await.
         """
         parameters = self.signature.bind(args, kwargs)  # a bind error raises here, as in Prefect
-        flow_run = FlowRun(self, parameters, current_flow_run(), tags_var.get())
+        tracer = tracer_var.get()
+        if tracer is not None:  # Flow.visualize()/plan() is tracing: a subflow is one traced call
+            return tracer.trace(self, "subflow", args, kwargs, wait_for, return_state)
+        parent = current_flow_run()
+        if parent is None and settings.current.home is not _history_for:
+            _start_history()
+        flow_run = FlowRun(self, parameters, parent, tags_var.get())
         lifecycle = _call_lifecycle(self, flow_run, wait_for)
         if self.isasync:
             return self._call_async(flow_run, lifecycle, return_state)
@@ -164,6 +183,29 @@ class Flow(MethodDescriptor, Generic[P, R]):
             _end_escaped(flow_run, exc)
             raise engine.surfacing(exc)
         return _outcome(flow_run, state, return_state)
+
+    def visualize(self, *args: Any, **kwargs: Any) -> Any:
+        """Draw the flow's task graph without running any task (Prefect 3's ``Flow.visualize``).
+
+        The body is called with these arguments; each task call in it returns
+        a placeholder (or the task's ``viz_return_value``) and is recorded.
+        In IPython the graph displays in the cell, elsewhere graphviz renders
+        it. Returns None; where an event loop runs (a notebook cell) it
+        returns a coroutine to await. See :mod:`nbflow.visualize`.
+        """
+        from nbflow.visualize import visualize
+
+        return visualize(self, args, kwargs)
+
+    def plan(self, *args: Any, **kwargs: Any) -> Any:
+        """What a run with these arguments would do: per task, runs served Cached and runs to run.
+
+        Traces the body as :meth:`visualize` does and keys each run as a real
+        run would, with no task body run. Returns a :class:`nbflow.visualize.Plan`.
+        """
+        from nbflow.visualize import plan
+
+        return plan(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"
@@ -397,10 +439,10 @@ def flow(
     version: str | None = None,
     flow_run_name: str | Callable[..., str] | None = None,
     retries: int | None = None,
-    retry_delay_seconds: int | float | None = None,
+    retry_delay_seconds: float | None = None,
     task_runner: TaskRunner | type[TaskRunner] | None = None,
     description: str | None = None,
-    timeout_seconds: int | float | None = None,
+    timeout_seconds: float | None = None,
     validate_parameters: bool = True,
     persist_result: bool | None = None,
     result_storage: Any = None,
@@ -432,4 +474,23 @@ flow.__signature__ = FLOW_OPTIONS.signature(  # type: ignore[attr-defined]
 )
 
 
-__all__ = ["Flow", "flow", "cancel_flow_run"]
+_history_for: Any = None  # the NBFLOW_HOME whose run history this process writes
+
+
+def _start_history() -> None:
+    """Start writing the run history (at the first top-level flow run in a home), if it is on."""
+    global _history_for
+    current = settings.current
+    if current.history:
+        from nbflow.store import history
+
+        history.start()
+    _history_for = current.home
+
+
+def flow_named(name: str) -> Flow | None:
+    """The flow of that name defined last in this process (while it is alive), or None."""
+    return _by_name.get(name)
+
+
+__all__ = ["Flow", "cancel_flow_run", "flow", "flow_named"]

@@ -113,13 +113,24 @@ def record_output(run: Any, stream: str, text: str) -> None:
 
 
 # -- echo: a subscriber that shows captured output on the console -----------------------
+def log_level(line: str) -> str:
+    """The level name of a log line in Prefect's format (``12:00:01.234 | WARNING | ...``), or ""."""
+    head = line.split(" | ", 2)
+    return head[1].strip() if len(head) == 3 else ""
+
+
+def _log_stream(line: str) -> str:
+    """Where a log line is echoed: warnings and worse to stderr, the rest to stdout (not shown as an error)."""
+    return "stderr" if log_level(line) in ("WARNING", "ERROR", "CRITICAL") else "stdout"
+
+
 def echo_to_console(event: events.OutputEvent) -> None:
     """Write a captured chunk to the real stdout/stderr (a log record only if no root handler shows it)."""
     stream = event.stream
     if stream == "log":
         if logging.root.handlers:  # a root handler already shows the record
             return
-        stream = "stderr"
+        stream = _log_stream(event.text)
     target = _real_stream(stream)
     if target is not None:
         target.write(event.text)
@@ -324,6 +335,31 @@ def get_run_logger(**extra: Any) -> logging.LoggerAdapter:
     return adapter
 
 
+class RunFormatter(logging.Formatter):
+    """Prefect's log format: a task run's records name the task run, a flow run's the flow run.
+
+    ``12:00:01.234 | INFO    | Task run 'clean-86e' - message``; other nbflow
+    records name their logger. Formatting happens only for records that are emitted.
+    """
+
+    BASE = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s"
+    TASK_RUN = "%(asctime)s.%(msecs)03d | %(levelname)-7s | Task run %(task_run_name)r - %(message)s"
+    FLOW_RUN = "%(asctime)s.%(msecs)03d | %(levelname)-7s | Flow run %(flow_run_name)r - %(message)s"
+
+    def __init__(self) -> None:
+        super().__init__(self.BASE, "%H:%M:%S")
+        self._task_run = logging.PercentStyle(self.TASK_RUN)
+        self._flow_run = logging.PercentStyle(self.FLOW_RUN)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        names = record.__dict__
+        if "task_run_name" in names:
+            return self._task_run.format(record)
+        if names.get("flow_run_name") is not None and record.name == flow_run_logger.name:
+            return self._flow_run.format(record)
+        return self._style.format(record)
+
+
 class _CaptureHandler(logging.Handler):
     """Puts nbflow run-logger records into the run's captured output."""
 
@@ -331,20 +367,19 @@ class _CaptureHandler(logging.Handler):
         run = task_run_var.get()
         if run is None:
             if not logging.root.handlers:
-                stream = _real_stream("stderr")
+                line = self.format(record) + "\n"
+                stream = _real_stream(_log_stream(line))
                 if stream is not None:
-                    stream.write(self.format(record) + "\n")
+                    stream.write(line)
             return
         record_output(run, "log", self.format(record) + "\n")
 
 
 _capture_handler = _CaptureHandler()
-_capture_handler.setFormatter(
-    logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S")
-)
+_capture_handler.setFormatter(RunFormatter())
 logger.addHandler(_capture_handler)
 
 __all__ = [
     "get_run_logger", "install_capture", "record_output", "echo_to_console", "console_echo", "OutputBuffer",
-    "should_log_prints",
+    "RunFormatter", "log_level", "should_log_prints",
 ]

@@ -18,14 +18,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import inspect
+import logging
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
-from nbflow.exceptions import ReservedArgumentError
+from nbflow.exceptions import InvalidNameError, ReservedArgumentError
+
+logger = logging.getLogger("nbflow")
 
 RESERVED_ARGUMENTS = ("wait_for", "return_state")
 MAX_RETRY_DELAYS = 50
+BANNED_NAME_CHARACTERS = ("/", "%", "&", ">", "<")  # in flow names, as Prefect
 
 
 class NotSet:
@@ -261,6 +266,35 @@ def _task_persist_result(value: Any, owner: Any, given: Mapping[str, Any]) -> An
     return value
 
 
+def _task_cache_policy(value: Any, owner: Any, given: Mapping[str, Any]) -> Any:
+    """The policy in force, derived as Prefect 3.9 does from ``cache_policy``, ``cache_key_fn``,
+    ``persist_result`` and ``result_storage_key`` (``DEFAULT`` when none is given)."""
+    from nbflow import cache_policies
+
+    name = owner.name
+    if value is not NotSet and value is not None and not isinstance(value, cache_policies.CachePolicy):
+        raise TypeError(
+            f"Task {name!r}: cache_policy must be a cache policy, got {type(value).__name__} {value!r}. "
+            "Use one from nbflow.cache_policies (INPUTS, TASK_SOURCE, CODE, INPUTS + CODE, NO_CACHE...) "
+            "or a CachePolicy subclass."
+        )
+    key_fn = given["cache_key_fn"]
+    if key_fn is not None:
+        if value is not NotSet:
+            logger.warning("Both `cache_policy` and `cache_key_fn` are set on task %r. `cache_key_fn` will be used.", name)
+        value = cache_policies.CachePolicy.from_cache_key_fn(key_fn)
+    storage_key = given["result_storage_key"]
+    if _task_persist_result(given["persist_result"], owner, given) is False:
+        if value not in (NotSet, None) and value != cache_policies.NO_CACHE:
+            logger.warning("Ignoring `cache_policy` because `persist_result` is False (task %r).", name)
+        return None if value is None else cache_policies.NO_CACHE
+    if value is NotSet and storage_key is None:
+        return cache_policies.DEFAULT
+    if value != cache_policies.NO_CACHE and storage_key:
+        return None  # the run is stored under result_storage_key instead
+    return value
+
+
 def _retry_condition(value: Any, owner: Any, given: Mapping[str, Any]) -> Any:
     if value is not None and not callable(value):
         raise TypeError(f"Expected `retry_condition_fn` to be callable, got {type(value).__name__} instead.")
@@ -272,7 +306,7 @@ TASK_OPTIONS = OptionTable(
     Option("description", check=_description, keep="falsy"),
     Option("tags", check=_tags, keep="none"),
     Option("version", keep="fixed"),
-    Option("cache_policy", default=NotSet),
+    Option("cache_policy", default=NotSet, check=_task_cache_policy, carry_given=True),
     Option("cache_key_fn", keep="falsy"),
     Option("cache_expiration", keep="falsy"),
     Option("task_run_name", check=_run_name("task_run_name")),
@@ -301,6 +335,10 @@ def _flow_name(value: Any, owner: Any, given: Mapping[str, Any]) -> str:
     if value is not None and not isinstance(value, str):
         hint = "Perhaps you meant to call it? e.g. '@flow(name=get_flow_run_name())'" if callable(value) else ""
         raise TypeError(f"Expected string for flow parameter 'name'; got {type(value).__name__} instead. {hint}")
+    if value and any(c in value for c in BANNED_NAME_CHARACTERS):
+        raise InvalidNameError(
+            f"Name {value!r} contains an invalid character. Must not contain any of: {list(BANNED_NAME_CHARACTERS)}."
+        )
     return value or fn_name(owner.fn).replace("_", "-").replace("<lambda>", "unknown-lambda")
 
 

@@ -17,10 +17,12 @@ import random
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from nbflow import events, settings
 from nbflow.completion import Completion
+from nbflow.context import retry_var
 from nbflow.states import Cancelled, Crashed, Retrying, Running, State, StateType
 
 if TYPE_CHECKING:
@@ -82,32 +84,35 @@ class TaskRun(RunId, Completion):
     """
 
     __slots__ = (
-        "task",
+        "__weakref__",
+        "_call",
+        "_context",
+        "_dependencies",
+        "_id",
+        "_inputs",
+        "_name",
+        "_resolved",
+        "_returned",
+        "_started",
+        "_stop",
+        "cache",
+        "dynamic_key",
         "flow_run",
-        "parameters",
-        "upstream",
-        "tags",
-        "states",
-        "run_count",
         "map_index",
         "output",
-        "_id",
-        "_name",
-        "_started",
-        "_dependencies",
-        "_resolved",
-        "_call",
-        "_stop",
-        "_context",
-        "_inputs",
-        "_returned",
-        "__weakref__",
+        "parameters",
+        "result_key",
+        "run_count",
+        "states",
+        "tags",
+        "task",
+        "upstream",
     )
 
     def __init__(
         self,
-        task: "Task",
-        flow_run: "FlowRun | Any | None",
+        task: Task,
+        flow_run: FlowRun | Any | None,
         parameters: dict[str, Any],
         tags: frozenset[str] = frozenset(),
         map_index: int | None = None,
@@ -115,6 +120,7 @@ class TaskRun(RunId, Completion):
         dependencies: Dependencies | None = None,
         context: contextvars.Context | None = None,
         id: int | None = None,
+        dynamic_key: str | None = None,
     ) -> None:
         Completion.__init__(self)
         self.task = task
@@ -125,6 +131,8 @@ class TaskRun(RunId, Completion):
         self.run_count = 0
         self.map_index = map_index
         self.output: Any = None  # an OutputBuffer once the run prints or logs
+        self.cache: Any = None  # a CacheOutcome once a cache policy gave the run a key
+        self.result_key: str | None = None  # where the result store holds its result, if it does
         self._id = new_id() if id is None else id
         self._name = name
         self._started = False
@@ -146,6 +154,11 @@ class TaskRun(RunId, Completion):
                     dep._resolved = True
                     upstream[dep] = None
             self.upstream = tuple(upstream)
+        # Which run of its task this is within its flow run ("0", "1", ...), as Prefect's
+        # dynamic_key: what a retry of the flow run matches runs by (a worker is told the driver's).
+        if dynamic_key is None:
+            dynamic_key = flow_run.count_task_run(task.task_key) if flow_run is not None and task is not None else "0"
+        self.dynamic_key = dynamic_key
         if flow_run is not None:
             flow_run.task_runs.append(self)
         if events.task_state:
@@ -190,7 +203,7 @@ class TaskRun(RunId, Completion):
         """What the run waits for before it starts; None if its arguments hold nothing to resolve."""
         return self._dependencies
 
-    def pending_upstream(self) -> list["TaskRun"]:
+    def pending_upstream(self) -> list[TaskRun]:
         """The upstream runs this run waits for that have not ended yet."""
         deps = self._dependencies
         if not deps:
@@ -311,13 +324,17 @@ class TaskRun(RunId, Completion):
             events.publish_task_state(self, state)
         return True
 
-    def finish_reported(self, state: State, name: str, run_count: int) -> bool:
-        """End the run in the final ``state`` a worker reported, with its name and attempt count."""
+    def finish_reported(self, state: State, name: str, run_count: int, cache: Any = None,
+                        result_key: str | None = None) -> bool:
+        """End the run in the final ``state`` a worker reported, with its name, attempt count,
+        cache outcome and the key of its stored result."""
         with self._lock:
             if self._done:
                 return False
             self._name = name
             self.run_count = run_count
+            self.cache = cache
+            self.result_key = result_key
         return self.finish(state)
 
     def resume(self, states: tuple[State, ...], run_count: int) -> None:
@@ -406,30 +423,68 @@ class _Pause:
         return True
 
 
-class FlowRun(RunId):
+class FlowRunReading:
+    """What reading a flow run offers, for the live record and for one from the run history.
+
+    Its class has ``states``, ``start_time``, ``end_time``, ``parent`` and ``task_runs``.
+    """
+
+    __slots__ = ()
+    states: list[State]
+    parent: Any
+    task_runs: list[Any]
+    start_time: float | None
+    end_time: float | None
+
+    @property
+    def state(self) -> State:
+        return self.states[-1]
+
+    @property
+    def duration(self) -> float | None:
+        return _duration(self.start_time, self.end_time)
+
+    @property
+    def root(self) -> Any:
+        """The top-level flow run this run belongs to (itself if it has no parent)."""
+        run = self
+        while run.parent is not None:
+            run = run.parent
+        return run
+
+    def state_counts(self) -> dict[str, int]:
+        """How many of this run's task runs are in each state (by state name)."""
+        return dict(collections.Counter(r.states[-1].name for r in self.task_runs))
+
+
+class FlowRun(RunId, FlowRunReading):
     """The record of one run of a flow: its task runs, subflow runs and states."""
 
     __slots__ = (
+        "__weakref__",
+        "_expected",
+        "_id",
+        "_name",
+        "_task_counts",
+        "cancel_reason",
         "flow",
         "parameters",
         "parent",
-        "task_runs",
-        "subflow_runs",
-        "states",
+        "retry_of",
+        "reuse",
         "run_count",
+        "states",
+        "subflow_runs",
         "tags",
         "task_runner",
-        "cancel_reason",
-        "_id",
-        "_name",
-        "__weakref__",
+        "task_runs",
     )
 
     def __init__(
         self,
-        flow: "Flow",
+        flow: Flow,
         parameters: dict[str, Any],
-        parent: "FlowRun | None" = None,
+        parent: FlowRun | None = None,
         tags: frozenset[str] = frozenset(),
     ) -> None:
         self.flow = flow
@@ -442,6 +497,15 @@ class FlowRun(RunId):
         self.tags = tags
         self.task_runner: TaskRunner | None = None  # a fresh one per attempt
         self.cancel_reason: str | None = None  # set when someone cancels the run
+        self.retry_of: Any = None  # the flow run (or its history record) this run retries
+        self.reuse: Any = None  # for a retry: serves task runs that completed in the original
+        if parent is None:
+            pending = retry_var.get()
+            if pending is not None:
+                self.retry_of, self.reuse = pending
+                retry_var.set(None)  # one flow run retries; flows it calls do not
+        self._task_counts: dict[str, int] = {}
+        self._expected: dict[str, int] = {}  # task key -> runs of it there will be (see expect)
         self._id = new_id()
         self._name: str | None = None
         if parent is not None:
@@ -465,10 +529,6 @@ class FlowRun(RunId):
         return self.flow.name
 
     @property
-    def state(self) -> State:
-        return self.states[-1]
-
-    @property
     def start_time(self) -> float | None:
         return _start_time(self.states)
 
@@ -477,23 +537,33 @@ class FlowRun(RunId):
         last = self.states[-1]
         return last.timestamp_seconds if last.is_final() else None
 
-    @property
-    def duration(self) -> float | None:
-        return _duration(self.start_time, self.end_time)
-
-    @property
-    def root(self) -> "FlowRun":
-        """The top-level flow run this run belongs to (itself if it has no parent)."""
-        run = self
-        while run.parent is not None:
-            run = run.parent
-        return run
-
     def set_state(self, state: State) -> None:
         self.states.append(state)
         events.publish_flow_state(self, state)
 
-    def start_attempt(self, task_runner: "TaskRunner") -> State:
+    def count_task_run(self, task_key: str) -> str:
+        """The next ``dynamic_key`` of a run of the task ``task_key`` in this flow run."""
+        counts = self._task_counts
+        count = counts.get(task_key, 0)
+        counts[task_key] = count + 1
+        return str(count)
+
+    def expect(self, task_key: str, n: int) -> None:
+        """Note that ``n`` runs of the task ``task_key`` are about to be created (a ``.map``).
+
+        Watchers count them from the start (:meth:`expected_runs`), so a
+        progress bar's total is right before the map has submitted them all.
+        """
+        self._expected[task_key] = self._task_counts.get(task_key, 0) + n
+
+    def expected_runs(self) -> int:
+        """How many task runs announced by :meth:`expect` have not been created yet (0 once the run ended)."""
+        if not self._expected or self.states[-1].is_final():
+            return 0
+        counts = self._task_counts
+        return sum(max(0, n - counts.get(key, 0)) for key, n in list(self._expected.items()))
+
+    def start_attempt(self, task_runner: TaskRunner) -> State:
         """Begin an attempt with a fresh ``task_runner``: enter Running (Retrying after the first)."""
         self.run_count += 1
         self.task_runner = task_runner
@@ -533,10 +603,6 @@ class FlowRun(RunId):
     def unfinished_task_runs(self) -> list[TaskRun]:
         """Task runs of this run and of its subflow runs that have not ended."""
         return [run for run in iter_task_runs(self) if not run.done]
-
-    def state_counts(self) -> dict[str, int]:
-        """How many of this run's task runs are in each state (by state name)."""
-        return dict(collections.Counter(r.states[-1].name for r in self.task_runs))
 
     def __repr__(self) -> str:
         return (
@@ -587,7 +653,7 @@ def last_flow_run() -> FlowRun | None:
 
 
 def find_flow_run(key: str | int | uuid.UUID) -> FlowRun:
-    """A recorded flow run by name, id, id prefix or negative index (``-1`` = last)."""
+    """A recorded flow run by name, id, id prefix, flow name (its latest top-level run) or index (``-1`` = last)."""
     runs = list(_flow_runs)
     if isinstance(key, int):
         try:
@@ -597,6 +663,9 @@ def find_flow_run(key: str | int | uuid.UUID) -> FlowRun:
     text = str(key)
     for run in reversed(runs):
         if run.name == text or str(run.id).startswith(text):
+            return run
+    for run in reversed(runs):
+        if run.parent is None and run.flow_name == text:
             return run
     raise LookupError(
         f"no recorded flow run named or with id {text!r}; "
@@ -612,14 +681,15 @@ def iter_task_runs(flow_run: FlowRun) -> Iterator[TaskRun]:
 
 
 __all__ = [
+    "FlowRunReading",
     "NOTHING",
     "Dependencies",
-    "TaskRun",
     "FlowRun",
-    "new_id",
+    "TaskRun",
     "as_uuid",
-    "flow_runs",
-    "last_flow_run",
     "find_flow_run",
+    "flow_runs",
     "iter_task_runs",
+    "last_flow_run",
+    "new_id",
 ]

@@ -34,7 +34,7 @@ class Settings:
 
     #: How many flow runs' records are kept in memory (older ones are let go).
     max_flow_runs: int = field(default_factory=lambda: _env_int("NBFLOW_MAX_FLOW_RUNS", 100) or 100)
-    #: Where nbflow keeps local files (the result cache): ``NBFLOW_HOME``, default ``~/.nbflow``.
+    #: Where nbflow keeps local files (results, history): ``NBFLOW_HOME``, default ``~/.nbflow``.
     home: Path = field(
         default_factory=lambda: Path(os.environ.get("NBFLOW_HOME", "~/.nbflow")).expanduser()
     )
@@ -49,10 +49,29 @@ class Settings:
         default_factory=lambda: _env_int("NBFLOW_MAX_OUTPUT_CHARS", 100_000) or 100_000
     )
 
+    #: Give every task without a cache policy of its own ``INPUTS + CODE`` (``%nbflow cache on``).
+    cache: bool = field(default_factory=lambda: _env_bool("NBFLOW_CACHE", False))
+    #: Persist every completed task run's result, so a retry of its flow run can reuse it
+    #: (on by default once the notebook extension is loaded).
+    persist_results: bool = field(default_factory=lambda: _env_bool("NBFLOW_PERSIST_RESULTS", False))
+    #: Size limit of the result store in megabytes; least recently used entries go first.
+    results_max_mb: int = field(default_factory=lambda: _env_int("NBFLOW_RESULTS_MAX_MB", 5120) or 5120)
+    #: Record flow runs and task runs in the run history (``nbflow.history``).
+    history: bool = field(default_factory=lambda: _env_bool("NBFLOW_HISTORY", True))
+    #: The history keeps the last this many top-level flow runs...
+    history_max_runs: int = field(default_factory=lambda: _env_int("NBFLOW_HISTORY_MAX_RUNS", 1000) or 1000)
+    #: ...and at most this many megabytes, whichever limit is reached first.
+    history_max_mb: int = field(default_factory=lambda: _env_int("NBFLOW_HISTORY_MAX_MB", 200) or 200)
+
     @property
-    def storage(self) -> Path:
-        """Folder of the local result store used by ``cache_key_fn``."""
-        return self.home / "storage"
+    def results(self) -> Path:
+        """Folder of the result store (cache entries and persisted results)."""
+        return self.home / "results"
+
+    @property
+    def history_path(self) -> Path:
+        """The run history's SQLite file."""
+        return self.home / "history.sqlite"
 
 
 current = Settings()

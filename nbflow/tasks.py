@@ -7,12 +7,11 @@ import functools
 import hashlib
 import inspect
 import string
+from collections.abc import Callable, Iterable
 from contextvars import copy_context
-from typing import Any, Callable, Generic, Iterable, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from typing import ParamSpec
-
-from nbflow.context import current_flow_run, tags_var
+from nbflow.context import current_flow_run, tags_var, tracer_var
 from nbflow.exceptions import TaskRunNameError
 from nbflow.options import (
     TASK_OPTIONS,
@@ -29,6 +28,7 @@ from nbflow.states import State
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
 
 class Task(MethodDescriptor, Generic[P, R]):
     """A function whose calls nbflow tracks as task runs.
@@ -55,7 +55,7 @@ class Task(MethodDescriptor, Generic[P, R]):
         self._template_problem = self._check_template()
 
     # -- options ----------------------------------------------------------------
-    def with_options(self, **options: Any) -> "Task[P, R]":
+    def with_options(self, **options: Any) -> Task[P, R]:
         """A new task with some options changed (the keywords of :func:`task` but ``version``).
 
         As in Prefect: ``tags`` replaces, it does not merge; an empty ``name``,
@@ -126,6 +126,10 @@ class Task(MethodDescriptor, Generic[P, R]):
     ) -> TaskRun:
         """Record a new Pending run of this task in the current flow run, with its upstream.
 
+        In a retry of a flow run, a run that completed in the original (and
+        whose upstream runs were all reused) ends at once, Cached, with the
+        original's stored result.
+
         A run submitted to a runner (``inline=False``) keeps the context it was
         submitted in, to execute in it wherever it runs.
         """
@@ -134,21 +138,28 @@ class Task(MethodDescriptor, Generic[P, R]):
             run_tags = frozenset(own_tags | extra_tags if extra_tags else own_tags)
         else:
             run_tags = extra_tags
-        return TaskRun(
+        flow_run = current_flow_run()
+        run = TaskRun(
             self,
-            current_flow_run(),
+            flow_run,
             parameters,
             run_tags,
             map_index,
             dependencies=dependencies(parameters, wait_for),
             context=None if inline else copy_context(),
         )
+        if flow_run is not None and flow_run.reuse is not None:
+            flow_run.reuse.serve(run)  # a retry: a run that completed in the original ends now
+        return run
 
     def __call__(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
         """Run the task now, in this thread, and return its value (or its State).
 
         An async task returns a coroutine to await.
         """
+        tracer = tracer_var.get()
+        if tracer is not None:  # Flow.visualize()/plan() is tracing: record the call, run nothing
+            return tracer.trace(self, "call", args, kwargs, wait_for, return_state)
         from nbflow import engine
 
         self._check_runnable()
@@ -168,6 +179,9 @@ class Task(MethodDescriptor, Generic[P, R]):
 
         ``return_state=True`` waits and returns the final State instead.
         """
+        tracer = tracer_var.get()
+        if tracer is not None:  # Flow.visualize()/plan() is tracing: record the call, run nothing
+            return tracer.trace(self, "submit", args, kwargs, wait_for, return_state)
         flow_run = _require_flow_run(self, "submit")
         self._check_runnable()
         parameters = self.signature.bind(args, kwargs)
@@ -184,6 +198,9 @@ class Task(MethodDescriptor, Generic[P, R]):
         over, element by element; wrap an iterable in ``unmapped(...)`` to pass
         it whole to every run. ``return_state=True`` returns the final States.
         """
+        tracer = tracer_var.get()
+        if tracer is not None:  # Flow.visualize()/plan() is tracing: record the call, run nothing
+            return tracer.trace(self, "map", args, kwargs, wait_for, return_state)
         flow_run = _require_flow_run(self, "map")
         self._check_runnable()
         parameters = self.signature.bind(args, kwargs, apply_defaults=False)
@@ -242,14 +259,14 @@ def task(
     cache_expiration: datetime.timedelta | None = None,
     task_run_name: str | Callable[..., str] | None = None,
     retries: int | None = None,
-    retry_delay_seconds: float | int | list[float] | Callable[[int], list[float]] | None = None,
+    retry_delay_seconds: float | list[float] | Callable[[int], list[float]] | None = None,
     retry_jitter_factor: float | None = None,
     persist_result: bool | None = None,
     result_storage: Any = None,
     result_serializer: Any = None,
     result_storage_key: str | None = None,
     cache_result_in_memory: bool = True,
-    timeout_seconds: int | float | None = None,
+    timeout_seconds: float | None = None,
     log_prints: bool | None = None,
     refresh_cache: bool | None = None,
     on_completion: list[Callable[..., Any]] | None = None,

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from typing import Any, Callable
 
 import pytest
 
-import nbflow.events
-import nbflow.runs
-import nbflow.settings
+# Before nbflow is imported (its settings read NBFLOW_HOME): the whole session, the notebook
+# kernels nbval starts and every subprocess keep their files in a temporary folder, never in
+# ~/.nbflow. Each test then gets its own folder (``nbflow_home``).
+SESSION_HOME = os.environ["NBFLOW_HOME"] = tempfile.mkdtemp(prefix="nbflow-tests-")
+
+import nbflow.events  # noqa: E402
+import nbflow.runs  # noqa: E402
+import nbflow.settings  # noqa: E402
 
 # Safety net for every wait on a threading primitive in the tests: a correct
 # nbflow never gets near it; a broken one fails the test instead of hanging.
@@ -32,9 +39,15 @@ def nbflow_home(tmp_path, monkeypatch):
     saved = dict(vars(settings))
     home = tmp_path / "nbflow-home"
     settings.home = home
+    monkeypatch.setenv("NBFLOW_HOME", str(home))  # subprocesses (kernels, workers) too
     yield home
     for key, value in saved.items():
         setattr(settings, key, value)
+    from nbflow.store import cache, history
+
+    history.stop()  # each home's history writer and result store have a thread and open
+    cache.close_stores()  # files: let them go now
+    assert not [t for t in threading.enumerate() if t.name.startswith("nbflow-history")], "a writer outlived its test"
 
 
 @pytest.fixture(autouse=True)
@@ -326,6 +339,7 @@ def ray_options():
 def pytest_sessionfinish(session, exitstatus):
     RAY.stop()
     DASK.stop()
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -271,3 +271,14 @@ def test_flow_defined_in_a_class_gets_self_or_cls():
     assert Pipeline.describe() == "Pipeline" and Pipeline(1).describe() == "Pipeline"
     assert Pipeline.plain(4) == Pipeline(1).plain(4) == 4
     assert Pipeline(3).run.ismethod and Pipeline.describe.isclassmethod and Pipeline.plain.isstaticmethod
+
+
+def test_a_flow_name_with_a_banned_character_is_an_invalid_name_error():
+    from nbflow.exceptions import InvalidNameError
+
+    for name in ("a/b", "50%", "x&y", "a>b", "a<b"):
+        with pytest.raises(InvalidNameError, match=r"contains an invalid character\. Must not contain any of: "
+                           r"\['/', '%', '&', '>', '<'\]\."):
+            flow(name=name)(lambda: 1)
+    assert issubclass(InvalidNameError, ValueError)
+    assert flow(name="a b:c.d")(lambda: 1).name == "a b:c.d"

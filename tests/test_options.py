@@ -214,8 +214,7 @@ def test_cache_key_fn_returns_stored_value_in_later_flow_runs(nbflow_home):
     assert f(1) == (10, "Cached")
     assert f(2) == (20, "Completed")
     assert calls == [1, 2]
-    # results are persisted under NBFLOW_HOME/storage
-    assert (nbflow_home / "storage").exists()
+    assert (nbflow_home / "results").is_dir()  # results are persisted under NBFLOW_HOME/results
     # inline calls use the cache too
     assert expensive(1) == 10 and calls == [1, 2]
 

@@ -235,6 +235,11 @@ def test_old_flow_run_records_are_let_go_beyond_max_flow_runs():
     kept = flow_runs()
     assert len(kept) == 3
     assert [r.parameters["i"] for r in kept] == [3, 4, 5]
+    from nbflow.store import history
+
+    writer = history.current()
+    if writer is not None:  # the run history holds a run only until it wrote it
+        assert writer.flush(10)
     gc.collect()
     assert all(ref() is None for ref in refs[:3]), "old flow runs are still referenced"
 
@@ -329,3 +334,26 @@ def test_no_event_is_lost_under_concurrency(events):
     for run in fr.task_runs:
         assert events.state_names(run) == ["Pending", "Running", "Completed"]
     assert fr.state_counts() == {"Completed": 600}
+
+
+def test_a_map_announces_its_runs_before_it_creates_them():
+    seen: list[tuple[str, int]] = []
+
+    def on_task_state(event):  # called as each run is created, in the flow's thread
+        run = event.run
+        if event.state.name == "Pending" and run.task is ident:
+            seen.append((run.dynamic_key, run.flow_run.expected_runs()))
+
+    @flow
+    def mapped():
+        ident.submit(0).wait()  # an earlier run of the same task does not count against the map
+        ident.map(range(5)).wait()
+        return nbflow.runs.last_flow_run().expected_runs()
+
+    with nbflow.events.subscribe(on_task_state, "task-state"):
+        left_at_end_of_body = mapped()
+    assert seen == [("0", 0), ("1", 4), ("2", 3), ("3", 2), ("4", 1), ("5", 0)]
+    assert left_at_end_of_body == 0
+    run = last_flow_run()
+    run.expect(ident.task_key, 3)  # once the run has ended, nothing is awaited
+    assert run.expected_runs() == 0

@@ -220,8 +220,8 @@ def test_tags_are_a_mutable_set_copied_by_with_options():
 
 
 def test_every_option_is_an_attribute_with_prefects_default():
-    # values printed by Prefect 3.9.1 for a bare @task; cache_policy is NotSet until caching policies land
-    from nbflow.options import NotSet
+    # values printed by Prefect 3.9.1 for a bare @task
+    from nbflow.cache_policies import DEFAULT
 
     @task
     def t(x):
@@ -236,7 +236,7 @@ def test_every_option_is_an_attribute_with_prefects_default():
         viz_return_value=None, isasync=False,
     )
     assert {name: getattr(t, name) for name in expected} == expected
-    assert type(t.tags) is set and type(t.retries) is int and t.cache_policy is NotSet
+    assert type(t.tags) is set and type(t.retries) is int and t.cache_policy is DEFAULT
     assert t.fn.__name__ == "t" and re.fullmatch(r"t-[0-9a-f]{8}", t.task_key)
     assert Task(fn=lambda: None).log_prints is False  # Task() opts out; @task inherits the flow's
 

@@ -9,7 +9,16 @@ After ``%load_ext nbflow``:
   output; a Cancel button) -- ``%nbflow view off`` or
   ``nbflow.notebook.settings.auto_view = False`` turns that off;
 - what tasks print lands in the cell that started their flow;
-- ``%nbflow runs``, ``%nbflow view [RUN]``, ``%nbflow dag [RUN] [--save PATH]``.
+- ``%nbflow runs``, ``%nbflow view [RUN]``, ``%nbflow dag [RUN] [--save PATH]``;
+- ``%nbflow cache on`` (or ``%%flow --cache``): tasks without a cache policy
+  of their own cache on their inputs and code; ``%nbflow cache`` lists the
+  entries, ``%nbflow cache clear [TASK]`` empties it;
+- completed task results are persisted (``NBFLOW_PERSIST_RESULTS=0`` turns
+  that off), so ``%nbflow retry [RUN]`` re-runs only what did not complete;
+- ``%nbflow runs [--flow NAME] [--state STATE]`` lists runs from the run
+  history, across kernel restarts; ``%nbflow view RUN`` draws a past run;
+- ``%nbflow plan CALL`` shows what a flow call would run and what the cache
+  would serve, before it runs.
 
 From Python: :func:`view`, :func:`dag_of`, :func:`runs`, :class:`RunView`,
 :data:`settings`. Importing this package is cheap: ipywidgets is imported
@@ -18,11 +27,15 @@ only when a view is made.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
+from nbflow import settings as nbflow_settings
 from nbflow.notebook.session import NotebookSettings, settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from nbflow.notebook.dag import Dag
     from nbflow.notebook.reprs import RunsTable
     from nbflow.notebook.widget import RunView
@@ -36,6 +49,9 @@ def load_ipython_extension(ipython: Any) -> None:
     from nbflow.notebook.magics import NbflowMagics, flow_cell_transformer
 
     reprs.register(ipython)
+    if os.environ.get("NBFLOW_PERSIST_RESULTS", "") == "":
+        # Completed results are kept, so a flow run with failures can be retried (nbflow.retry).
+        nbflow_settings.current.persist_results = True
     session = sessions.NotebookSession(ipython)
     sessions.install(session)
     ipython.register_magics(NbflowMagics(ipython, session))
@@ -62,7 +78,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     manager.registry.pop("NbflowMagics", None)
 
 
-def _run(run: "FlowRun | str | int | None") -> "FlowRun":
+def _run(run: FlowRun | str | int | None) -> FlowRun:
     from nbflow.records import FlowRun, find_flow_run, last_flow_run
 
     if isinstance(run, FlowRun):
@@ -73,21 +89,31 @@ def _run(run: "FlowRun | str | int | None") -> "FlowRun":
     return found
 
 
-def view(run: "FlowRun | str | int | None" = None) -> "RunView":
+def view(run: FlowRun | str | int | None = None) -> RunView:
     """The run view (a widget) of a flow run: the last one, or one given by record, name, id or index."""
     from nbflow.notebook import session as sessions
 
     return sessions.get().view(_run(run))
 
 
-def dag_of(run: "FlowRun | str | int | None" = None) -> "Dag":
+def dag_of(run: FlowRun | str | int | None = None) -> Dag:
     """The DAG of a flow run (``.svg()``, ``.source``, ``.save(path)``), as it is now."""
     from nbflow.notebook.dag import Dag
     
     return Dag.from_flow_run(_run(run).root)
 
 
-def runs(limit: int = 20) -> "RunsTable":
+def export(run: Any, path: str | os.PathLike[str]) -> Path:
+    """Write one offline HTML report of a flow run (header, DAG, grids, failures, logs, timings); its path.
+
+    ``run``: a flow run, a run history record, or a run name, id or flow name.
+    """
+    from nbflow.notebook.export import export as write_report
+
+    return write_report(run, path)
+
+
+def runs(limit: int = 20) -> RunsTable:
     """Recent top-level flow runs: name, state, counts per state, duration."""
     from nbflow.notebook.reprs import RunsTable
 
@@ -111,6 +137,7 @@ __all__ = [
     "NotebookSettings",
     "RunView",
     "dag_of",
+    "export",
     "load_ipython_extension",
     "runs",
     "settings",

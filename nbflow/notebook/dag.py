@@ -22,10 +22,12 @@ import logging
 import math
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from nbflow.notebook.viewmodel import (
+    CACHED,
     CATEGORIES,
     COMPLETED,
     CRASHED,
@@ -254,8 +256,8 @@ def node_colour(counts: tuple[int, ...]) -> str:
     if counts[RUNNING]:
         return CATEGORIES[RUNNING].colour
     total = sum(counts)
-    if total and counts[COMPLETED] == total:
-        return CATEGORIES[COMPLETED].colour
+    if total and counts[COMPLETED] + counts[CACHED] == total:
+        return CATEGORIES[COMPLETED if counts[COMPLETED] else CACHED].colour
     if total and all(counts[c] == 0 for c in range(len(counts)) if c not in DONE_CODES):
         return "#777777"
     return "#aaaaaa"
@@ -268,9 +270,9 @@ def _num(v: float) -> str:
 def paint(lay: Layout, nodes: list[DagNode]) -> str:
     """An SVG picture of the nodes at their laid-out places; every label is escaped."""
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="nbflow-dag" width="{_num(lay.width)}" '
+        (f'<svg xmlns="http://www.w3.org/2000/svg" class="nbflow-dag" width="{_num(lay.width)}" '
         f'height="{_num(lay.height)}" viewBox="0 0 {_num(lay.width)} {_num(lay.height)}" '
-        'style="max-width:100%;height:auto" font-family="Helvetica,Arial,sans-serif" font-size="12">'
+        'style="max-width:100%;height:auto" font-family="Helvetica,Arial,sans-serif" font-size="12">')
     ]
     for _, _, pts in lay.edges:
         d = f"M{_num(pts[0][0])},{_num(pts[0][1])} C" + " ".join(
@@ -285,7 +287,7 @@ def paint(lay: Layout, nodes: list[DagNode]) -> str:
         x, y, w, h = box
         name = html.escape(node.name)
         tip = ", ".join(f"{k} {v}" for k, v in counts_dict(node.counts).items())
-        out.append(f'<g class="nbflow-node"><title>{name}: {node.runs} run(s) ({html.escape(tip)})</title>')
+        out.append(f'<g class="nbflow-node" data-group="{node.id}" style="cursor:pointer"><title>{name}: {node.runs} run(s) ({html.escape(tip)})</title>')
         out.append(
             f'<rect x="{_num(x)}" y="{_num(y)}" width="{_num(w)}" height="{_num(h)}" rx="5" '
             f'fill="#fff" stroke="{node_colour(node.counts)}" stroke-width="1.5"/>'
@@ -332,7 +334,7 @@ class Dag:
         self.backend = backend
 
     @classmethod
-    def from_model(cls, model: RunModel, complete: bool = False, backend: str | None = None) -> "Dag":
+    def from_model(cls, model: RunModel, complete: bool = False, backend: str | None = None) -> Dag:
         """The DAG of a run model as it is now (``complete`` reads every run's upstream)."""
         edges = model.edges(complete=complete)
         nodes = [DagNode(g.index, g.name, len(g.codes), tuple(g.counts())) for g in list(model.groups)]
@@ -340,7 +342,7 @@ class Dag:
         return cls(nodes, {(a, b) for a, b in edges if a in known and b in known}, model.flow_run.flow_name, backend)
 
     @classmethod
-    def from_flow_run(cls, flow_run: Any, backend: str | None = None) -> "Dag":
+    def from_flow_run(cls, flow_run: Any, backend: str | None = None) -> Dag:
         """The DAG of a recorded flow run (and its subflows)."""
         return cls.from_model(RunModel.of(flow_run), complete=True, backend=backend)
 

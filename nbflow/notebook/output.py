@@ -15,7 +15,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from nbflow import events
 from nbflow import logging as nb_logging

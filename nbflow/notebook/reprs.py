@@ -12,26 +12,34 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+import sys
 import time
-from typing import Any, Iterable
+import traceback
+from collections.abc import Iterable
+from typing import Any
 
+from nbflow.futures import PrefectFuture, PrefectFutureList
+from nbflow.logging import log_level
 from nbflow.notebook.grid import GridImage, grid_png
 from nbflow.notebook.viewmodel import (
+    CACHED,
+    CANCELLED,
     CATEGORIES,
+    COMPLETED,
+    CRASHED,
     DONE_CODES,
     FAILED,
-    CRASHED,
+    NOT_READY,
     Category,
     RunModel,
     category,
     counts_dict,
-    format_exception,
     run_exception,
     short_repr,
     state_code,
     summarize,
 )
-from nbflow.futures import PrefectFuture, PrefectFutureList
 from nbflow.records import FlowRun, TaskRun, flow_runs
 from nbflow.states import State
 
@@ -142,16 +150,144 @@ def state_html(state: State) -> str:
 
 
 # -- task runs and futures ------------------------------------------------------------------
+class _Upstream:
+    """Stands for a future in a run's parameters: shown as the value its run produced."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: TaskRun) -> None:
+        self.run = run
+
+    def __repr__(self) -> str:
+        state = self.run.states[-1]
+        if state.is_completed():
+            return short_repr(state.data, 100)
+        return f"<{state.name} {self.run.name}>"
+
+
+def resolved(value: Any, depth: int = 2) -> Any:
+    """``value`` with its futures replaced by what their runs produced (for showing, never for use).
+
+    Lists, tuples, sets and dicts are looked into ``depth`` levels deep;
+    anything else is shown as it is.
+    """
+    if isinstance(value, PrefectFuture):
+        return _Upstream(value.task_run)
+    if depth <= 0:
+        return value
+    if isinstance(value, dict):
+        return {k: resolved(v, depth - 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [resolved(v, depth - 1) for v in list(value)[:50]]
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
+def inputs_text(parameters: dict[str, Any], limit: int = 160) -> str:
+    """``x=3, values=[1, 4, 9, …]``: a run's inputs in one line, futures shown as their results."""
+    text = ", ".join(f"{k}={short_repr(resolved(v), 80)}" for k, v in list(parameters.items())[:12])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def failure_line(run: TaskRun) -> str:
+    """``ValueError: bad item`` for a run that failed (its state's message otherwise, or "")."""
+    state = run.states[-1]
+    exc = run_exception(state)
+    return _exception_line(exc) if exc is not None else (state.message or "")
+
+
 def _parameters_html(parameters: dict[str, Any]) -> str:
     if not parameters:
         return f'<span style="{_MUTED}">no parameters</span>'
     rows = "".join(
         f'<tr><td style="text-align:left;padding:0 8px 0 0;vertical-align:top"><code>{esc(k)}</code></td>'
-        f'<td style="text-align:left"><code>{esc(short_repr(v, 160))}</code></td></tr>'
+        f'<td style="text-align:left"><code>{esc(short_repr(resolved(v), 160))}</code></td></tr>'
         for k, v in list(parameters.items())[:30]
     )
     more = f'<div style="{_MUTED}">… {len(parameters) - 30} more</div>' if len(parameters) > 30 else ""
-    return f'<table style="border-collapse:collapse">{rows}</table>{more}'
+    return f'<table class="nbflow-params" style="border-collapse:collapse">{rows}</table>{more}'
+
+
+_NBFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cell_name(filename: str) -> str | None:
+    """``Cell In[3]`` for code IPython compiled from a cell, as IPython's own tracebacks say it."""
+    ipython_module = sys.modules.get("IPython")  # never imported here: only asked if loaded
+    shell = ipython_module.get_ipython() if ipython_module is not None else None
+    compiler = getattr(shell, "compile", None)
+    label = compiler.format_code_name(filename) if hasattr(compiler, "format_code_name") else None
+    return f"{label[0]} {label[1]}" if label else None
+
+
+class _UserStack(traceback.StackSummary):
+    """The user's frames only (nbflow's hidden), cells named ``Cell In[n], line k``."""
+
+    def format_frame_summary(self, frame_summary: traceback.FrameSummary) -> str:
+        cell = _cell_name(frame_summary.filename)
+        if cell is None:
+            return super().format_frame_summary(frame_summary)
+        line = f"  {cell}, line {frame_summary.lineno}, in {frame_summary.name}\n"
+        if frame_summary.line:
+            line += f"    {frame_summary.line.strip()}\n"
+        return line
+
+
+def traceback_text(exc: BaseException, limit: int = 6000) -> str:
+    """The traceback of an exception as the user wants it: their frames, cells as IPython names them.
+
+    nbflow's own frames (the engine, ``.result()`` re-raises) are left out
+    unless nothing else is left; chained exceptions are kept. Long ones keep their end.
+    """
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
+    pending, seen = [report], set()
+    while pending:
+        part = pending.pop()
+        if id(part) in seen:
+            continue
+        seen.add(id(part))
+        mine = [f for f in part.stack if not f.filename.startswith(_NBFLOW_DIR)]
+        part.stack = _UserStack(mine or list(part.stack))
+        pending.extend(p for p in (part.__cause__, part.__context__) if p is not None)
+    text = "".join(report.format())
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+# How a log line of each level looks: warnings amber, errors red and bold, the rest as printed text.
+_LEVEL_STYLES = {
+    "WARNING": "color:#8a5a00;background:rgba(232,163,61,.14)",
+    "ERROR": "color:#b3261e;font-weight:600",
+    "CRITICAL": "color:#b3261e;font-weight:600",
+}
+
+
+def output_html(output: Any, tail: int = 8000) -> str:
+    """What a run printed and logged, in order, its last ``tail`` characters.
+
+    Log lines carry their level (``data-level``): warnings are amber, errors
+    red; an INFO line looks like printed text. ``stderr`` writes are dark red,
+    never the notebook's pink.
+    """
+    picked: list[tuple[str, str]] = []
+    size = 0
+    for stream, text in reversed(output.chunks):
+        if size + len(text) > tail:
+            picked.append((stream, "…" + text[len(text) - (tail - size):]))
+            break
+        picked.append((stream, text))
+        size += len(text)
+    dropped = getattr(output, "dropped", 0)
+    lines = [f'<span style="{_MUTED}">[… {dropped:,} characters dropped …]</span>\n'] if dropped else []
+    for stream, text in reversed(picked):
+        if stream == "log":
+            level = log_level(text)
+            style = _LEVEL_STYLES.get(level, "")
+            lines.append(f'<span class="nbflow-log" data-level="{esc(level)}" style="{style}">{esc(text)}</span>')
+        elif stream == "stderr":
+            lines.append(f'<span class="nbflow-stderr" style="color:#8b1e3f">{esc(text)}</span>')
+        else:
+            lines.append(esc(text))
+    return f'<pre class="nbflow-output" style="{_PRE}">{"".join(lines)}</pre>'
 
 
 def task_run_html(run: TaskRun) -> str:
@@ -173,16 +309,17 @@ def task_run_html(run: TaskRun) -> str:
     if state.message and exc is None:
         parts.append(f"<div>{esc(state.message)}</div>")
     parts.append(f"<div><b>Parameters</b></div>{_parameters_html(run.parameters)}")
+    cache = run.cache
+    if cache is not None:  # what the cache did, and on a miss why
+        parts.append(f'<div class="nbflow-cache" data-hit="{str(cache.hit).lower()}"><b>Cache</b> {esc(str(cache))}'
+                     f' <span style="{_MUTED}">key {esc(cache.key[:12])}</span></div>')
     if state.is_completed():
         parts.append(f"<div><b>Result</b> {value_html(state.data)}</div>")
     if exc is not None:
-        parts.append(f'<div><b>Traceback</b></div><pre style="{_PRE}">{esc(format_exception(exc))}</pre>')
+        parts.append(f'<div><b>Traceback</b></div><pre class="nbflow-traceback" style="{_PRE}">{esc(traceback_text(exc))}</pre>')
     output: Any = run.output  # an OutputBuffer
     if output is not None and len(output):
-        text = output.text()
-        if len(text) > 8000:
-            text = "…" + text[-8000:]
-        parts.append(f'<div><b>Output</b></div><pre style="{_PRE}">{esc(text)}</pre>')
+        parts.append(f"<div><b>Output and logs</b></div>{output_html(output)}")
     parts.append("</div>")
     return "".join(parts)
 
@@ -229,29 +366,66 @@ def run_text(model: RunModel) -> str:
     return f"<nbflow run {model.flow_run.flow_name!r}: {model.state.name}, {n} task run{'s' if n != 1 else ''}>"
 
 
+def rate_text(done: int, total: int, elapsed: float | None, running: bool) -> str:
+    """``120 runs/s · ETA 8 s`` while a run goes on (rate only once it ended; "" before a run ended)."""
+    if not done or not elapsed:
+        return ""
+    rate = done / elapsed
+    text = f"{rate:,.0f} runs/s" if rate >= 10 else f"{rate:.2g} runs/s"
+    if running and total > done:
+        text += f" &middot; ETA {duration_text((total - done) / rate)}"
+    return text
+
+
+# The order of a progress bar's segments: what ended well, then failures on their own, then the rest.
+_BAR_ORDER = (COMPLETED, CACHED, FAILED, CRASHED, CANCELLED, NOT_READY)
+
+
+def progress_bar(counts: list[int]) -> str:
+    """A bar with one segment per ended category, each as wide as its share of all runs.
+
+    Failures are a segment of their own (1 % of failures is 1 % of the bar, at
+    least 2 px so it is seen); runs not yet ended are the empty rest.
+    """
+    total = sum(counts)
+    segments = "".join(
+        f'<div class="nbflow-bar-part" data-state="{CATEGORIES[code].name}" style="width:{100 * counts[code] / total:.2f}%;'
+        f'min-width:2px;background:{CATEGORIES[code].colour}"></div>'
+        for code in _BAR_ORDER
+        if total and counts[code]
+    )
+    return (
+        '<div class="nbflow-progress-bar" style="display:flex;height:6px;background:rgba(127,127,127,.2);'
+        f'border-radius:3px;overflow:hidden;margin:4px 0 6px">{segments}</div>'
+    )
+
+
 def header_html(model: RunModel, counts: list[int] | None = None) -> str:
-    """Flow name, run name, state, elapsed time, task runs done and per state, and a progress bar.
+    """Flow name, run name, state, elapsed time, task runs done and per state, rate and ETA, a progress bar.
 
     Page readers find the state in ``.nbflow-state[data-state]``, progress in
-    ``.nbflow-progress[data-done][data-total]`` and the counts in
-    ``.nbflow-counts [data-state][data-count]``.
+    ``.nbflow-progress[data-done][data-total]``, the counts in
+    ``.nbflow-counts [data-state][data-count]`` and the bar's segments in
+    ``.nbflow-bar-part[data-state]``. The total counts the runs a ``.map``
+    announced and has not created yet (as Pending).
     """
     flow_run = model.flow_run
     counts = model.counts() if counts is None else counts
     total = sum(counts)
     done = sum(n for code, n in enumerate(counts) if code in DONE_CODES)
     state = flow_run.state
-    colour = CATEGORIES[FAILED].colour if counts[FAILED] or counts[CRASHED] else category(state).colour
+    elapsed = model.elapsed()
+    rate = rate_text(done, total, elapsed, not state.is_final())
     return (
         f'<div style="{FONT}"><b style="font-size:14px">{esc(flow_run.flow_name)}</b> '
         f'{volatile(flow_run.name)} <span class="nbflow-state" data-state="{esc(state.name)}">{state_badge(state)}</span> '
-        f'<span style="{_MUTED}">{volatile(duration_text(model.elapsed()))}</span>'
+        f'<span class="nbflow-elapsed" style="{_MUTED}">{volatile(duration_text(elapsed))}</span>'
         f'<div><span class="nbflow-progress" data-done="{done}" data-total="{total}">{done:,} of {total:,} '
         f"task run{'s' if total != 1 else ''} done</span> &middot; "
-        f'<span class="nbflow-counts">{chips(counts)}</span></div>'
-        '<div style="height:6px;background:rgba(127,127,127,.2);border-radius:3px;margin:4px 0 6px">'
-        f'<div class="nbflow-bar" style="height:6px;width:{100 * done / total if total else 0:.1f}%;'
-        f'background:{colour};border-radius:3px"></div></div></div>'
+        + (f'<span class="nbflow-cached" data-count="{counts[CACHED]}">{counts[CACHED]:,} from cache</span> &middot; '
+           if counts[CACHED] else "")
+        + (f'<span class="nbflow-rate {VOLATILE}" style="{_MUTED}">{rate}</span> &middot; ' if rate else "")
+        + f'<span class="nbflow-counts">{chips(counts)}</span></div>{progress_bar(counts)}</div>'
     )
 
 
@@ -325,17 +499,22 @@ def unregister(ipython: Any) -> None:
 
 
 class RunsTable:
-    """Recent top-level flow runs (newest first): name, state, counts per state, duration."""
+    """Recent top-level flow runs (newest first): name, state, counts per state, duration.
 
-    def __init__(self, limit: int = 20) -> None:
-        self.runs = [r for r in reversed(flow_runs()) if r.parent is None][:limit]
+    From the run history (so runs of earlier kernels are listed too) when it is on,
+    else from this process's records; ``flow`` and ``state`` filter by flow name and
+    by state name.
+    """
 
-    def _rows(self) -> list[tuple[FlowRun, list[int]]]:
+    def __init__(self, limit: int = 20, flow: str | None = None, state: str | None = None) -> None:
+        self.runs = _recent_runs(limit, flow, state)
+
+    def _rows(self) -> list[tuple[Any, list[int]]]:
         rows = []
         for run in self.runs:
             counts = [0] * len(CATEGORIES)
             for task_run in list(run.task_runs):
-                counts[state_code(task_run.states[-1])] += 1
+                counts[state_code(task_run.state)] += 1
             rows.append((run, counts))
         return rows
 
@@ -375,6 +554,65 @@ class RunsTable:
         return "\n".join(lines)
 
 
+class CacheTable:
+    """What the result store holds per task: entries, size, last used (``%nbflow cache``)."""
+
+    def __init__(self, summaries: list[Any], on: bool) -> None:
+        self.summaries = sorted(summaries, key=lambda s: -s.bytes)
+        self.on = on
+
+    def _lines(self) -> list[tuple[str, str, str, str]]:
+        return [
+            (s.name, f"{s.entries:,}", size_text(s.bytes),
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(s.last_used)) if s.last_used else "")
+            for s in self.summaries
+        ]
+
+    def _status(self) -> str:
+        total = sum(s.bytes for s in self.summaries)
+        entries = sum(s.entries for s in self.summaries)
+        mode = "on: tasks without a policy cache on their inputs and code" if self.on else "off"
+        return f"Notebook cache {mode}. {entries:,} entries, {size_text(total)}."
+
+    def _repr_html_(self) -> str:
+        head = "".join(f'<th style="text-align:left;padding:2px 10px 2px 0">{h}</th>'
+                       for h in ("task", "entries", "size", "last used"))
+        body = "".join(
+            "<tr>" + "".join(f'<td style="text-align:left;padding:2px 10px 2px 0">{esc(c)}</td>' for c in line) + "</tr>"
+            for line in self._lines()
+        )
+        table = f'<table class="nbflow-cache" style="border-collapse:collapse"><tr>{head}</tr>{body}</table>' if body else ""
+        return f'<div style="{FONT}"><div>{esc(self._status())}</div>{table}</div>'
+
+    def __repr__(self) -> str:
+        lines = [self._status()]
+        lines += [f"{name:<30} {entries:>8} {size:>10}  {used}" for name, entries, size, used in self._lines()]
+        return "\n".join(lines)
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes for people: 512 B, 1.5 KB, 20.3 MB, 4.0 GB."""
+    size = float(n)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _recent_runs(limit: int, flow: str | None, state: str | None) -> list[Any]:
+    from nbflow import settings
+
+    if settings.current.history:
+        from nbflow import history
+
+        return history.flow_runs(name=flow, state=state, limit=limit)
+    wanted = state.lower() if state else None
+    runs = [r for r in reversed(flow_runs()) if r.parent is None
+            and (flow is None or r.flow_name == flow) and (wanted is None or r.state.name.lower() == wanted)]
+    return runs[:limit]
+
+
 # Most specific first: a PrefectFutureList is a list, a RemoteState a State.
 _DRAWERS: tuple[tuple[type, Any], ...] = (
     (PrefectFutureList, future_list_html),
@@ -386,11 +624,13 @@ _DRAWERS: tuple[tuple[type, Any], ...] = (
 
 
 __all__ = [
+    "CacheTable",
     "RunsTable",
     "badge",
     "chips",
     "duration_text",
     "esc",
+    "failure_line",
     "flow_run_html",
     "future_html",
     "future_list_html",
@@ -398,11 +638,18 @@ __all__ = [
     "grids_html",
     "header_html",
     "html_of",
+    "inputs_text",
+    "output_html",
+    "progress_bar",
+    "rate_text",
     "register",
+    "resolved",
     "run_html",
     "run_text",
+    "size_text",
     "state_html",
     "task_run_html",
+    "traceback_text",
     "unregister",
     "value_html",
 ]

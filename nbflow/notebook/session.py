@@ -4,19 +4,25 @@ A :class:`NotebookSession` owns the one :class:`~nbflow.notebook.viewmodel.Track
 on the event seam, the one :class:`~nbflow.notebook.widget.RedrawClock`, and
 the output router. When a top-level flow run starts in a kernel it notes
 the cell that started it; if the run lasts longer than ``settings.view_delay``
-its live view appears in that cell, and when it ends the final view (widget,
-stable text, static HTML) is displayed there before control returns, so the
-saved notebook holds the final picture without ``update_display_data``.
+its live view appears in that cell (one display id per run), and when it ends
+that output is replaced by the final static picture (stable text and HTML, no
+widget), so a notebook saved and reopened anywhere -- no kernel, nbconvert,
+GitHub -- shows it. The front end that drew the live view keeps it interactive
+in the picture's place. A run quicker than ``view_delay`` shows its final view
+(widget and picture) at once, replaced by the picture once a front end drew it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from nbflow import completion
 from nbflow.notebook import output
 from nbflow.notebook.viewmodel import RunModel, Tracker
 from nbflow.records import FlowRun
@@ -33,8 +39,6 @@ class NotebookSettings:
     view_delay: float = 0.25
     #: Highest redraw rate of the live views.
     redraw_hz: float = 10.0
-    #: Task runs listed in a view's Details tab (failed and running first).
-    max_rows: int = 100
     #: ``%%flow`` cells await their run in a kernel, so the view's buttons work while it runs.
     async_cells: bool = True
     #: Seconds an interrupted ``%%flow`` cell waits for its run to stop before returning.
@@ -55,7 +59,7 @@ class CellOptions:
 class LiveRun:
     """One top-level flow run being shown: creates, redraws and finishes its view."""
 
-    def __init__(self, session: "NotebookSession", model: RunModel, parent: Any, auto_display: bool, cancel: Callable[[], Any] | None) -> None:
+    def __init__(self, session: NotebookSession, model: RunModel, parent: Any, auto_display: bool, cancel: Callable[[], Any] | None) -> None:
         self.session = session
         self.model = model
         self.parent = parent
@@ -65,6 +69,7 @@ class LiveRun:
         self.view: Any = None
         self.shown_live = False
         self.ended = model.flow_run.state.is_final()  # a view asked for after the run
+        self.display_id = uuid.uuid4().hex
         self._lock = threading.Lock()
 
     def get_view(self) -> Any:
@@ -78,7 +83,7 @@ class LiveRun:
         if self.view is None:
             from nbflow.notebook.widget import RunView
 
-            self.view = RunView(self.model, cancel=self.cancel, max_rows=settings.max_rows)
+            self.view = RunView(self.model, cancel=self.cancel)
         return self.view
 
     def tick(self) -> bool:
@@ -93,7 +98,7 @@ class LiveRun:
             if self.auto_display and not self.shown_live and time.monotonic() - self.started >= settings.view_delay:
                 view = self._ensure_view()  # a new view has just drawn itself
                 with output.thread_parent(self.session.shell, self.parent):
-                    self.session.display(view.live_bundle(), raw=True)
+                    self.session.show(view.live_bundle(), self.display_id)
                 self.shown_live = True
             elif self.view is not None:
                 self.view.redraw()
@@ -111,27 +116,127 @@ class LiveRun:
                 return
             view = self._ensure_view()
             view.redraw(final=True)
-            if self.auto_display:
-                with output.thread_parent(self.session.shell, self.parent):
-                    if self.shown_live:
-                        view.end_live()
-                    self.session.display(view)
+            if not self.auto_display:
+                return
+            session, display_id = self.session, self.display_id
+
+            def replace() -> None:  # the picture takes the widget's place, in the same output
+                session.replace(view.static_bundle(), display_id)
+
+            with output.thread_parent(session.shell, self.parent):
+                if self.shown_live:
+                    replace()
+                else:
+                    session.show(view, display_id)
+                    view.when_rendered(replace)
+
+
+class WidgetMessagePump:
+    """Handles the kernel's widget messages while the main thread waits for task runs (a wait hook).
+
+    A plain flow call in a cell (``analysis(10000)``) blocks the kernel's main
+    thread, whose event loop then reads no message: a click on the view's
+    Cancel button would be handled after the run. Installed as
+    :func:`nbflow.completion.set_wait_hook`, the pump reads the messages
+    queued for the main shell without blocking, as jupyter-ui-poll does:
+    comm messages are handled at once (with the cell's parent restored after,
+    so the cell's own output and status stay its own); any other request
+    (the next cell, a kernel-info request) is handed back to the kernel's loop,
+    in order, to be handled once the cell ends. Knows ipykernel 7 (its shell
+    channel thread) and a kernel reading its shell socket itself.
+    """
+
+    COMM_MESSAGES = frozenset({"comm_open", "comm_msg", "comm_close"})
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self._busy = False
+
+    def _socket(self) -> Any:
+        import zmq
+
+        channel = getattr(self.kernel, "shell_channel_thread", None)
+        pair = getattr(getattr(channel, "manager", None), "_shell_channel_to_main", None) if channel else None
+        socket = pair.to_socket if pair is not None else getattr(getattr(self.kernel, "shell_stream", None), "socket", None)
+        return socket if isinstance(socket, zmq.Socket) else None
+
+    def __call__(self) -> None:
+        if self._busy:  # a handler that itself waits must not pump again
+            return
+        self._busy = True
+        try:
+            self._pump()
+        finally:
+            self._busy = False
+
+    def _pump(self) -> None:
+        import asyncio
+
+        import zmq
+
+        kernel, socket = self.kernel, self._socket()
+        if socket is None or kernel.session is None:
+            return
+        while True:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                _, parts = kernel.session.feed_identities(frames, copy=False)
+                kind = kernel.session.deserialize(parts, content=False, copy=False)["header"]["msg_type"]
+            except Exception:  # not ours to judge: the kernel's loop reports it
+                kind = None
+            if kind in self.COMM_MESSAGES:
+                self._handle_now(frames)
+            else:  # handled by the kernel's loop, in order, once the cell ends
+                asyncio.get_event_loop().call_soon(
+                    lambda frames=frames: asyncio.ensure_future(kernel.shell_main(None, frames))
+                )
+
+    def _handle_now(self, frames: list) -> None:
+        kernel = self.kernel
+        parent = kernel.get_parent("shell")
+        ident = kernel._get_shell_context_var(kernel._shell_parent_ident)
+        handling = kernel.dispatch_shell(frames, subshell_id=None, concurrent=True)
+        try:
+            handling.send(None)  # comm handlers are synchronous: it ends without suspending
+        except StopIteration:
+            pass
+        else:
+            handling.close()
+        finally:
+            kernel.set_parent(ident, parent, channel="shell")
 
 
 class NotebookSession:
     """The notebook layer's live state for one IPython shell."""
 
     def __init__(
-        self, shell: Any, display: Callable[..., Any] | None = None, widgets: bool | None = None, clock: Any = None
+        self,
+        shell: Any,
+        display: Callable[..., Any] | None = None,
+        widgets: bool | None = None,
+        clock: Any = None,
+        update: Callable[[dict, str], Any] | None = None,
     ) -> None:
+        """``display(obj, raw=...)`` and ``update(bundle, display_id)`` stand in for IPython's (tests, benchmarks).
+
+        With IPython's own, each run's output has a display id; a ``display``
+        given without ``update`` shows replacements as new displays.
+        """
         from nbflow.notebook.widget import RedrawClock
 
         self.shell = shell
+        self._display_ids = display is None
         if display is None:
             from IPython.display import display as ipython_display
+            from IPython.display import update_display
 
             display = ipython_display
+            update = update or (lambda bundle, display_id: update_display(bundle, raw=True, display_id=display_id))
         self.display: Callable[..., Any] = display
+        self.update: Callable[[dict, str], Any] = update or (lambda bundle, _id: self.display(bundle, raw=True))
         #: Whether a front end can show widgets (a kernel); tests may set it.
         self.widgets = getattr(shell, "kernel", None) is not None if widgets is None else widgets
         self.tracker = Tracker(on_flow_state=self._flow_state)
@@ -142,15 +247,19 @@ class NotebookSession:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Watch flow runs and route their output."""
+        """Watch flow runs and route their output; in a kernel, pump widget messages while the main thread waits."""
         self.tracker.start()
         self.router.install()
+        kernel = getattr(self.shell, "kernel", None)
+        if self.widgets and kernel is not None and hasattr(kernel, "dispatch_shell"):
+            completion.set_wait_hook(WidgetMessagePump(kernel))
 
     def stop(self) -> None:
-        """Stop watching, routing and redrawing."""
+        """Stop watching, routing, redrawing and pumping."""
         self.tracker.stop()
         self.router.uninstall()
         self.clock.stop()
+        completion.set_wait_hook(None)
 
     # -- flow runs starting and ending -----------------------------------------------------
     def _flow_state(self, flow_run: FlowRun, state: State) -> None:
@@ -182,6 +291,18 @@ class NotebookSession:
         self.clock.interval = 1.0 / settings.redraw_hz
         self.clock.add(live)
         return live
+
+    def show(self, obj: Any, display_id: str) -> None:
+        """Display ``obj`` (a view, or a raw bundle) as the output ``display_id``."""
+        raw = isinstance(obj, dict)
+        if self._display_ids:
+            self.display(obj, raw=raw, display_id=display_id)
+        else:
+            self.display(obj, raw=raw)
+
+    def replace(self, bundle: dict, display_id: str) -> None:
+        """Replace the output ``display_id`` by ``bundle`` (from any thread, even after its cell ended)."""
+        self.update(bundle, display_id)
 
     # -- views on request --------------------------------------------------------------------
     def view(self, flow_run: FlowRun) -> Any:
@@ -242,4 +363,4 @@ def uninstall() -> None:
             _session = None
 
 
-__all__ = ["CellOptions", "LiveRun", "NotebookSession", "NotebookSettings", "active", "get", "settings"]
+__all__ = ["CellOptions", "LiveRun", "NotebookSession", "NotebookSettings", "WidgetMessagePump", "active", "get", "settings"]

@@ -21,7 +21,8 @@ import os
 import reprlib
 import threading
 import traceback
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from nbflow import events
 from nbflow.records import FlowRun, TaskRun
@@ -46,6 +47,7 @@ CATEGORIES: tuple[Category, ...] = tuple(
     for i, (name, colour, done) in enumerate(
         (
             ("Completed", "#3a9e4f", True),
+            ("Cached", "#8fd19e", True),
             ("Failed", "#d9483b", True),
             ("Crashed", "#8b1e3f", True),
             ("Cancelled", "#8c8c8c", True),
@@ -58,14 +60,14 @@ CATEGORIES: tuple[Category, ...] = tuple(
         )
     )
 )
-COMPLETED, FAILED, CRASHED, CANCELLED, NOT_READY, RUNNING, SCHEDULED, PAUSED, CANCELLING, PENDING = range(
+COMPLETED, CACHED, FAILED, CRASHED, CANCELLED, NOT_READY, RUNNING, SCHEDULED, PAUSED, CANCELLING, PENDING = range(
     len(CATEGORIES)
 )
 DONE_CODES = frozenset(c.code for c in CATEGORIES if c.done)
 
 _CODE_BY_NAME = {
     "Completed": COMPLETED,
-    "Cached": COMPLETED,
+    "Cached": CACHED,
     "Failed": FAILED,
     "TimedOut": FAILED,
     "Crashed": CRASHED,
@@ -93,7 +95,7 @@ _CODE_BY_TYPE = {
 }
 
 # The order rows are listed in a view: what needs attention first.
-ROW_ORDER = (FAILED, CRASHED, RUNNING, NOT_READY, CANCELLED, CANCELLING, PAUSED, SCHEDULED, COMPLETED, PENDING)
+ROW_ORDER = (FAILED, CRASHED, RUNNING, NOT_READY, CANCELLED, CANCELLING, PAUSED, SCHEDULED, COMPLETED, CACHED, PENDING)
 
 
 def state_code(state: State) -> int:
@@ -184,7 +186,7 @@ def run_exception(state: State) -> BaseException | None:
 class Group:
     """The task runs of one task in a flow run (and its subflows): one DAG node, one grid."""
 
-    __slots__ = ("index", "name", "runs", "codes", "tally", "upstream", "scanned", "scan_limit")
+    __slots__ = ("codes", "index", "name", "runs", "scan_limit", "scanned", "tally", "upstream")
 
     def __init__(self, index: int, name: str) -> None:
         self.index = index
@@ -338,12 +340,28 @@ class RunModel:
         return sum(len(g.codes) for g in list(self.groups))
 
     def counts(self) -> list[int]:
-        """Task runs per category code, over all groups (as of the last refresh)."""
+        """Task runs per category code, over all groups (as of the last refresh).
+
+        Runs a ``.map`` announced but has not created yet count as Pending, so
+        the total is right from the map's first run.
+        """
         total = [0] * len(CATEGORIES)
         for group in list(self.groups):
             for code, n in enumerate(group.tally):
                 total[code] += n
+        total[PENDING] += self.expected_runs()
         return total
+
+    def expected_runs(self) -> int:
+        """Task runs announced by the flow runs' maps and not created yet (see ``FlowRun.expect``)."""
+        missing, pending = 0, [self.flow_run]
+        while pending:
+            flow_run = pending.pop()
+            pending.extend(flow_run.subflow_runs)
+            expected = getattr(flow_run, "expected_runs", None)  # a history record has none
+            if expected is not None:
+                missing += expected()
+        return missing
 
     def unfinished(self) -> list[TaskRun]:
         """The task runs that had not ended at the last refresh."""
@@ -394,7 +412,7 @@ class RunModel:
         return self.flow_run.duration
 
     @classmethod
-    def of(cls, flow_run: FlowRun) -> "RunModel":
+    def of(cls, flow_run: FlowRun) -> RunModel:
         """A model of a flow run as its records stand now."""
         model = cls(flow_run)
         model.refresh()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import abc
 import io
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from nbflow.annotations import BaseAnnotation, unmapped
 from nbflow.completion import when_all_done
+from nbflow.context import current_flow_run
 from nbflow.exceptions import MappingLengthMismatch, MappingMissingIterable
 from nbflow.futures import PrefectConcurrentFuture, PrefectFuture, PrefectFutureList
 from nbflow.records import TaskRun
@@ -49,11 +51,11 @@ class TaskRunner(abc.ABC):
         return type(self).__name__.removesuffix("TaskRunner").lower() or "task"
 
     @abc.abstractmethod
-    def duplicate(self) -> "TaskRunner":
+    def duplicate(self) -> TaskRunner:
         """A new runner with the same configuration (each flow run gets its own)."""
 
     # -- lifecycle --------------------------------------------------------------
-    def __enter__(self) -> "TaskRunner":
+    def __enter__(self) -> TaskRunner:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -76,7 +78,7 @@ class TaskRunner(abc.ABC):
     # -- submitting -------------------------------------------------------------------
     def submit(
         self,
-        task: "Task",
+        task: Task,
         parameters: dict[str, Any] | None = None,
         wait_for: Iterable[Any] | None = None,
         map_index: int | None = None,
@@ -92,7 +94,7 @@ class TaskRunner(abc.ABC):
         return PrefectConcurrentFuture(run)
 
     def map(
-        self, task: "Task", parameters: dict[str, Any], wait_for: Iterable[Any] | None = None
+        self, task: Task, parameters: dict[str, Any], wait_for: Iterable[Any] | None = None
     ) -> PrefectFutureList:
         """Start one run of ``task`` per element of the iterable ``parameters``."""
         _check_task(self, task, "map")
@@ -133,7 +135,11 @@ class TaskRunner(abc.ABC):
             )
         futures: PrefectFutureList = PrefectFutureList()
         wait_for = list(wait_for) if wait_for is not None else None
-        for i in range(next(iter(lengths.values()))):
+        count = next(iter(lengths.values()))
+        flow_run = current_flow_run()
+        if flow_run is not None:  # watchers count the whole map from its first run
+            flow_run.expect(task.task_key, count)
+        for i in range(count):
             call = dict(static)
             for name, (values, annotation) in mapped.items():
                 call[name] = values[i] if annotation is None else annotation(values[i])
@@ -145,6 +151,8 @@ class TaskRunner(abc.ABC):
     # -- scheduling ------------------------------------------------------------------------
     def _schedule(self, run: TaskRun) -> None:
         """Dispatch ``run`` now, or once its last pending upstream run ends."""
+        if run.done:  # served from the original run of a retry
+            return
         pending = self._pending_upstream(run)
         if pending:
             when_all_done(pending, lambda: self._dispatch(run))

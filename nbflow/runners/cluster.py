@@ -104,7 +104,7 @@ class ClusterTaskRunner(TaskRunner):
         """Disconnect, and stop what :meth:`_start` started (only that)."""
 
     # -- lifecycle ------------------------------------------------------------------------
-    def __enter__(self) -> "ClusterTaskRunner":
+    def __enter__(self) -> ClusterTaskRunner:
         super().__enter__()
         self._ensure_started()
         return self
@@ -256,4 +256,4 @@ class ClusterTaskRunner(TaskRunner):
         when_all_done(outgoing.upstream, decide)
 
 
-__all__ = ["require", "Outgoing", "ClusterTaskRunner"]
+__all__ = ["ClusterTaskRunner", "Outgoing", "require"]

@@ -19,7 +19,8 @@ import functools
 import importlib
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun, new_id
@@ -74,7 +75,7 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
         self._unwatched: list[tuple] = []  # futures whose done callback is not registered yet
         self._unwatched_lock = threading.Lock()
 
-    def duplicate(self) -> "DaskTaskRunner":
+    def duplicate(self) -> DaskTaskRunner:
         return type(self)(
             self.cluster_class, self.cluster_kwargs, self.address, self.client_kwargs, self.adapt_kwargs
         )

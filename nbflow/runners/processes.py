@@ -34,8 +34,9 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Iterable
 from multiprocessing import Pipe, connection
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import cloudpickle
 
@@ -76,7 +77,7 @@ class ProcessPoolTaskRunner(TaskRunner):
         self.initargs = tuple(initargs)
         self._payloads = Payloads(type(self).__name__)
 
-    def duplicate(self) -> "ProcessPoolTaskRunner":
+    def duplicate(self) -> ProcessPoolTaskRunner:
         return type(self)(self.max_workers, self.initializer, self.initargs)
 
     def _dispatch(self, run: TaskRun) -> None:
@@ -103,7 +104,7 @@ class ProcessPoolTaskRunner(TaskRunner):
 
 
 # -- the pools ------------------------------------------------------------------------
-_pools: dict[tuple, "_Pool"] = {}
+_pools: dict[tuple, _Pool] = {}
 _pools_lock = threading.Lock()
 
 
@@ -115,7 +116,7 @@ def _same(value: Any) -> Any:
         return ("id", id(value))  # the pool keeps the object alive, so the id stays its own
 
 
-def _pool_for(runner: ProcessPoolTaskRunner) -> "_Pool":
+def _pool_for(runner: ProcessPoolTaskRunner) -> _Pool:
     size = runner.max_workers or os.cpu_count() or 1
     key = (size, _same(runner.initializer), _same(runner.initargs))
     with _pools_lock:
@@ -158,7 +159,7 @@ class _PipeChannel(Channel):
 class _Job:
     """A run on its way to a worker process, with its payload; ``remote`` once it was claimed."""
 
-    __slots__ = ("run", "payload", "remote", "worker", "handed_back")
+    __slots__ = ("handed_back", "payload", "remote", "run", "worker")
 
     def __init__(self, run: TaskRun, payload: bytes) -> None:
         self.run = run
@@ -169,7 +170,7 @@ class _Job:
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "job", "taken")
+    __slots__ = ("conn", "job", "process", "taken")
 
     def __init__(self, process: subprocess.Popen, conn: connection.Connection) -> None:
         self.process = process

@@ -30,7 +30,8 @@ import logging
 import pickle
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nbflow import states as S
 from nbflow.futures import PrefectFuture
@@ -68,7 +69,7 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
         self._live: _Sink | None = None
         self._marks: _Marks | None = None
 
-    def duplicate(self) -> "RayTaskRunner":
+    def duplicate(self) -> RayTaskRunner:
         return type(self)(self.address, self.init_kwargs)
 
     # -- the engine -----------------------------------------------------------------------
@@ -391,4 +392,4 @@ def _use_sink() -> _Sink:
         return sink
 
 
-__all__ = ["RayTaskRunner", "PrefectRayFuture"]
+__all__ = ["PrefectRayFuture", "RayTaskRunner"]

@@ -27,7 +27,7 @@ class ThreadPoolTaskRunner(TaskRunner):
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
 
-    def duplicate(self) -> "ThreadPoolTaskRunner":
+    def duplicate(self) -> ThreadPoolTaskRunner:
         return type(self)(max_workers=self.max_workers)
 
     def _dispatch(self, run: TaskRun) -> None:

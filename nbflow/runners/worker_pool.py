@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nbflow.completion import set_thread_pool
 from nbflow.timeouts import set_thread_host

@@ -9,6 +9,8 @@ is in ``ViewSelectors`` there.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import time
@@ -133,3 +135,138 @@ def test_cancel_button_cancels_an_in_flight_run(lab):
     assert "Cancelled" in final["text"], final["text"]
     # The remaining ~9 s of work were not done: the run ended soon after the click.
     assert took < 8, f"the run went on for {took:.1f}s after Cancel; samples: {samples[-3:]}"
+
+
+# A 200-item map with failures at map indexes 7 and 107, and a reduce: the instrument's click-through.
+CLICK_SETUP = """\
+%load_ext nbflow
+from nbflow import flow, task
+
+@task
+def load(i: int) -> dict:
+    return {"item": i}
+
+@task
+def clean(row: dict) -> int:
+    if row["item"] % 100 == 7:
+        raise ValueError(f"bad item {row['item']}")
+    return row["item"]
+
+@flow(name="click-through")
+def analysis(n: int) -> None:
+    clean.map(load.map(range(n))).wait()
+"""
+CLICK_RUN = "analysis(200)"
+PITCH, COLUMNS = 14, 42  # nbflow/notebook/grid.py layout() of 200 runs: 12 px squares, 2 px gaps
+
+
+def _cell_point(canvas, index: int) -> tuple[float, float]:
+    box = canvas.bounding_box()
+    return box["x"] + (index % COLUMNS) * PITCH + 6, box["y"] + (index // COLUMNS) * PITCH + 6
+
+
+def test_hover_click_filter_search_and_a_finished_view(lab):
+    lab.write_notebook("click.ipynb", [CLICK_SETUP, CLICK_RUN])
+    lab.open_notebook("click.ipynb")
+    lab.run_all()
+    lab.wait_cells_done(timeout=60)
+    view = lab.view(1)
+    view.locator(".nbflow-canvas").nth(1).wait_for()
+    final = lab.read_view(1)
+    assert final["state"] == "Completed" and final["counts"] == {"Completed": 398, "Failed": 2}, final
+    assert view.locator(lab.sel.cancel).is_hidden()  # a finished view has no Cancel button
+    assert "Cancelling" not in view.locator(".nbflow-top").inner_text()
+    assert view.locator(".nbflow-retry").is_visible()
+
+    canvas = view.locator(".nbflow-canvas[data-group='1']")
+    lab.page.mouse.move(*_cell_point(canvas, 7))
+    tip = view.locator(".nbflow-tip")
+    tip.get_by_text("ValueError: bad item 7").wait_for()
+    text = tip.inner_text()
+    for part in ("clean", "map index 7", "Failed", "'item': 7"):
+        assert part in text, text
+    lab.screenshot(view, "hover-tooltip.png")
+
+    lab.page.mouse.click(*_cell_point(canvas, 7))  # a red square opens its run's traceback
+    traceback = view.locator(".nbflow-detail .nbflow-traceback")
+    traceback.wait_for()
+    assert "ValueError: bad item 7" in traceback.inner_text()
+    assert "Cell In[1]" in traceback.inner_text(), traceback.inner_text()
+    lab.screenshot(view, "details-traceback.png")
+
+    view.locator(".nbflow-dag .nbflow-node[data-group='0']").click()  # the load node filters to load
+    view.locator(".nbflow-chip", has_text="task: load").wait_for()
+    assert view.locator(".nbflow-group[data-group='1']").is_hidden()
+    view.locator(".nbflow-row[data-state='Completed']").first.wait_for()
+    assert view.locator(".nbflow-row[data-state='Failed']").count() == 0
+    view.locator(".nbflow-chip").click()
+
+    view.locator(".nbflow-search").fill("107")  # search by map index
+    lab.page.wait_for_function(
+        "(el) => { const rows = el.querySelectorAll('.nbflow-row[data-key]');"
+        " return rows.length === 2 && [...rows].every(r => r.textContent.includes('[107]')); }",
+        arg=view.element_handle(),
+    )
+    assert view.locator(".nbflow-row[data-state='Failed']").count() == 1
+    lab.screenshot(view, "search-map-index.png")
+
+
+def test_a_saved_notebook_reopened_with_no_kernel_shows_the_static_view(lab):
+    lab.write_notebook("reopen.ipynb", [CLICK_SETUP, CLICK_RUN])
+    lab.open_notebook("reopen.ipynb")
+    lab.run_all()
+    lab.wait_cells_done(timeout=60)
+    lab.view(1).locator(".nbflow-canvas").first.wait_for()
+    lab.page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    lab.page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    lab.server.shutdown_kernels()
+    saved = lab.server.root / "reopen.ipynb"  # without a kernelspec Lab asks, and "No Kernel" is an answer
+    notebook = json.loads(saved.read_text())
+    notebook["metadata"].pop("kernelspec", None)
+    saved.write_text(json.dumps(notebook))
+
+    url = f"{lab.server.url}/lab/workspaces/{lab.name}-reopen/tree/reopen.ipynb?reset&token={lab.server.token}"
+    lab.page.goto(url, wait_until="domcontentloaded")
+    no_kernel = lab.page.locator(".jp-Dialog button", has_text="No Kernel")
+    with contextlib.suppress(Exception):  # Lab asks only when it cannot pick a kernel by itself
+        no_kernel.click(timeout=10_000)
+    static = lab.page.locator(".jp-Cell").nth(1).locator(".nbflow-static")
+    static.wait_for(timeout=30_000)
+    shown = static.inner_text()  # the edited notebook is untrusted: its HTML is sanitised, the text stays
+    for part in ("click-through", "Completed", "400 of 400 task runs done", "Failed task runs", "bad item 107"):
+        assert part in shown, shown
+    page_text = lab.page.locator(".jp-NotebookPanel").last.inner_text()
+    assert "Error displaying widget" not in page_text and "Loading widget" not in page_text
+    lab.screenshot(static, "reopened-no-kernel.png")
+
+
+def test_an_exported_report_opens_offline_in_chromium(lab, tmp_path):
+    lab.write_notebook("export.ipynb", [CLICK_SETUP, CLICK_RUN, "%nbflow export click-through report.html"])
+    lab.open_notebook("export.ipynb")
+    lab.run_all()
+    lab.wait_cells_done(timeout=60)
+    report = lab.server.root / "report.html"
+    assert report.exists(), lab.error_output()
+
+    requests: list[str] = []
+    page = lab.page.context.new_page()
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(report.as_uri())
+    page.locator("svg").first.wait_for()
+    text = page.locator("body").inner_text()
+    for part in ("click-through", "400 of 400 task runs done", "map index 7", "ValueError: bad item 107",
+                 "Cell In[1]", "Timings", "median"):
+        assert part in text, part
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests  # nothing from the network
+    images = page.evaluate("() => [...document.images].map(i => i.complete && i.naturalWidth > 0)")
+    assert images and all(images), images  # the grids are inline PNGs that decode
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page.screenshot(path=str(shot_path("exported-report.png")), full_page=False)
+    page.close()
+
+
+def shot_path(name: str):
+    from .conftest import ARTIFACTS
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name

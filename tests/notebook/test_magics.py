@@ -219,3 +219,104 @@ def test_cancel_from_the_view_says_so(ip, stoppable):
 
     asyncio.run(main())
     assert cell.flow_run.state.is_cancelled()
+
+
+def test_nbflow_cache_on_lists_clears_and_off(ip, capsys):
+    import nbflow.settings
+
+    ip.run_line_magic("nbflow", "cache on")
+    assert nbflow.settings.current.cache is True
+    ip.run_cell("from nbflow import flow\n@flow\ndef sq_all():\n    return square.map(range(4)).result()\n")
+    ip.run_cell("sq_all()")
+    ip.run_cell("sq_all()")
+    assert [r.state.name for r in last_flow_run().task_runs] == ["Cached"] * 4
+    table = ip.run_line_magic("nbflow", "cache")
+    assert "square" in repr(table) and "4 entries" in repr(table)
+    assert "<td" in table._repr_html_() and "square" in table._repr_html_()
+    ip.run_line_magic("nbflow", "cache clear square")
+    assert "4 cache entries removed for task 'square'" in capsys.readouterr().out
+    ip.run_cell("sq_all()")
+    assert [r.state.name for r in last_flow_run().task_runs] == ["Completed"] * 4
+    ip.run_line_magic("nbflow", "cache off")
+    assert nbflow.settings.current.cache is False
+    with pytest.raises(UsageError, match="on, off or clear"):
+        ip.run_line_magic("nbflow", "cache maybe")
+
+
+def test_flow_cell_with_cache_caches_only_that_cell(ip):
+    import nbflow.settings
+
+    for _ in range(2):
+        ip.run_cell_magic("flow", "cached --cache --no-view", "values = square.map(range(3)).result()")
+    assert [r.state.name for r in last_flow_run().task_runs] == ["Cached"] * 3
+    assert nbflow.settings.current.cache is False  # only for the cell's run
+    ip.run_cell_magic("flow", "plain --no-view", "values = square.map(range(3)).result()")
+    assert [r.state.name for r in last_flow_run().task_runs] == ["Completed"] * 3
+
+
+def test_runs_view_and_retry_reach_runs_of_an_earlier_kernel(ip, tmp_path, capsys):
+    import subprocess
+    import sys
+    import textwrap
+
+    from nbflow import history
+
+    script = tmp_path / "earlier_kernel.py"
+    script.write_text(textwrap.dedent('''
+        import nbflow.settings
+        from nbflow import flow, task
+        nbflow.settings.current.persist_results = True
+
+        @task
+        def part(i):
+            if i == 2:
+                raise ValueError("part 2 is bad")
+            return i
+
+        @flow(name="earlier")
+        def earlier(n):
+            parts = part.map(range(n))
+            parts.wait()  # every part ends (none is left cancelled by the failure of part 2)
+            return parts.result()
+
+        earlier(4, return_state=True)
+    '''))
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
+
+    table = ip.run_line_magic("nbflow", "runs --flow earlier")
+    assert "earlier" in repr(table) and "Failed" in repr(table)
+    assert ip.run_line_magic("nbflow", "dag earlier") is not None  # the latest run of the flow "earlier"
+
+    # the flow defined again in this kernel (part 2 fixed): retry runs only part 2
+    ip.run_cell(textwrap.dedent('''
+        from nbflow import flow, task
+        calls = []
+
+        @task
+        def part(i):
+            calls.append(i)
+            return i
+
+        @flow(name="earlier")
+        def earlier(n):
+            return part.map(range(n)).result()
+    '''))
+    assert ip.run_line_magic("nbflow", "retry earlier") == [0, 1, 2, 3]
+    assert ip.user_ns["calls"] == [2]
+    assert history.flow_run("earlier").retry_of_id is not None
+
+
+def test_a_background_flow_cell_returns_at_once_and_wait_gives_its_outcome(ip, gate, capsys):
+    ip.user_ns["gate"] = gate
+    assert ip.run_cell_magic("flow", "bg --background --no-view", "gate.wait()\nx = square.map(range(3)).result()\nx") is None
+    assert "runs in the background" in capsys.readouterr().out
+    assert "x" not in ip.user_ns  # it has not finished: the cell returned while it waits on the gate
+    gate.open()
+    assert ip.run_line_magic("nbflow", "wait bg") == [0, 1, 4]
+    assert ip.user_ns["x"] == [0, 1, 4]
+
+    ip.run_cell_magic("flow", "--background --no-view", "fails.submit(1).result()")
+    with pytest.raises(ValueError, match="bad 1"):
+        ip.run_line_magic("nbflow", "wait")
+    with pytest.raises(UsageError, match="no background flow run"):
+        ip.run_line_magic("nbflow", "wait")

@@ -12,6 +12,8 @@ from nbflow.notebook import reprs
 from nbflow.runs import last_flow_run
 
 EVIL = "<script>alert(1)</script>"
+# Flow names cannot hold < > & / % (as in Prefect): what is left to escape is quotes.
+EVIL_FLOW = "evil' onclick='alert(1)"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
 
@@ -27,12 +29,12 @@ def fails(x: str) -> None:
 
 
 def _no_raw_script(html: str) -> None:
-    assert "<script" not in html.lower()
+    assert "<script" not in html.lower() and "onclick='alert" not in html
     assert ESCAPED in html
 
 
 def test_futures_and_future_lists_escape_names_results_and_errors():
-    @flow(name=EVIL)
+    @flow(name=EVIL_FLOW)
     def evil_flow() -> tuple:
         good, bad, many = evil.submit(EVIL), fails.submit(EVIL), evil.map([EVIL] * 5)
         good.wait(), bad.wait(), many.wait()
@@ -48,7 +50,7 @@ def test_futures_and_future_lists_escape_names_results_and_errors():
 
 
 def test_states_task_runs_and_flow_runs_escape_everything():
-    @flow(name=EVIL)
+    @flow(name=EVIL_FLOW)
     def evil_flow() -> None:
         evil.submit(EVIL).wait()
         fails.submit(EVIL).wait()
@@ -87,14 +89,15 @@ def test_volatile_parts_are_marked_for_sanitizers():
 
 
 def test_runs_table_lists_recent_runs_escaped():
-    @flow(name=EVIL)
+    @flow(name=EVIL_FLOW)
     def evil_flow() -> None:
         evil.submit("x").wait()
 
     evil_flow()
     table = reprs.RunsTable(5)
-    _no_raw_script(table._repr_html_())
-    assert EVIL in repr(table)  # text/plain is text
+    html = table._repr_html_()
+    assert "onclick='alert" not in html and "evil&#x27; onclick" in html
+    assert EVIL_FLOW in repr(table)  # text/plain is text
     assert "Completed 1" in repr(table)
 
 
@@ -129,3 +132,34 @@ def test_loading_the_extension_registers_html_reprs_and_unloading_removes_them()
     finally:
         reprs.unregister(shell)
     assert formatter(last_flow_run()) is None
+
+
+def test_tracebacks_name_cells_as_ipython_does_and_hide_nbflow_frames():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_cell("from nbflow import flow, task\n@task\ndef boom():\n    raise KeyError('in a cell')\n"
+                   "@flow\ndef cell_flow():\n    return boom.submit().wait()\n", store_history=True)
+    shell.run_cell("cell_flow()", store_history=True)
+    run = last_flow_run().task_runs[0]
+    text = reprs.traceback_text(run.state.data)
+    assert re.search(r"Cell In\[\d+\], line 4, in boom", text), text
+    assert "nbflow/engine.py" not in text and "KeyError: 'in a cell'" in text
+
+
+def test_the_progress_bar_has_a_segment_per_ended_state_failures_their_own():
+    from nbflow.notebook.viewmodel import CATEGORIES, COMPLETED, FAILED, RUNNING
+
+    counts = [0] * len(CATEGORIES)
+    counts[COMPLETED], counts[FAILED], counts[RUNNING] = 89, 1, 10
+    bar = reprs.progress_bar(counts)
+    parts = dict(re.findall(r'data-state="(\w+)" style="width:([\d.]+)%', bar))
+    assert parts == {"Completed": "89.00", "Failed": "1.00"}  # 1 % of failures is 1 % of red; running is the rest
+    assert reprs.progress_bar([0] * len(CATEGORIES)).count("nbflow-bar-part") == 0
+
+
+def test_rate_and_eta_while_running_rate_alone_once_ended():
+    assert reprs.rate_text(50, 200, 2.0, running=True) == "25 runs/s &middot; ETA 6.00 s"
+    assert reprs.rate_text(200, 200, 8.0, running=False) == "25 runs/s"
+    assert reprs.rate_text(3, 10, 2.0, running=True) == "1.5 runs/s &middot; ETA 4.67 s"
+    assert reprs.rate_text(0, 10, 1.0, running=True) == ""

@@ -10,7 +10,7 @@ import pytest
 from nbflow import flow, task
 from nbflow.notebook import session as sessions
 from nbflow.notebook.session import CellOptions, NotebookSession
-from nbflow.notebook.widget import WIDGET_MIME, RedrawClock, RunView
+from nbflow.notebook.widget import RedrawClock, RunView
 
 
 class FakeKernelShell:
@@ -60,30 +60,6 @@ def test_a_quick_run_shows_only_its_final_view(kernel_session, displays, view_se
     bundle = final._repr_mimebundle_()
     assert bundle["text/plain"] == "<nbflow run 'quick': Completed, 1 task run>"
     assert "<svg" in bundle["text/html"]
-
-
-def test_a_long_run_shows_a_live_view_then_hides_it_for_the_final_one(kernel_session, displays, view_settings, gate):
-    view_settings.view_delay = 0
-
-    @task
-    def hold() -> None:
-        gate.wait()
-
-    @flow(name="long")
-    def long() -> None:
-        held = hold.submit()
-        kernel_session.clock.tick()  # the clock's first tick while the run goes on
-        live = displays.bundles()
-        gate.open()
-        held.wait()
-        return live
-
-    live = long()
-    assert [list(b) for b in live] == [[WIDGET_MIME]]
-    live_view, final = displays.shown
-    assert isinstance(final, RunView) and final.finished
-    assert final._live_box.layout.display == "none"
-    assert final.state == "Completed" and final.counts == {"Completed": 1}
 
 
 def test_views_can_be_turned_off(kernel_session, displays, view_settings):

@@ -23,7 +23,8 @@ import logging
 import pickle
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nbflow import engine
 from nbflow import logging as run_logging
@@ -51,7 +52,7 @@ class Remote:
     for its next attempt.
     """
 
-    __slots__ = ("run", "_stop", "_retry", "_attached")
+    __slots__ = ("_attached", "_retry", "_stop", "run")
 
     abandonable = True  # an interrupted run ends at once (TaskRun.interrupt)
 
@@ -137,7 +138,7 @@ class Remote:
 class Tracked:
     """The driver's bookkeeping for a run executing remotely."""
 
-    __slots__ = ("run", "remote", "base", "output_seen", "final")
+    __slots__ = ("base", "final", "output_seen", "remote", "run")
 
     def __init__(self, run: TaskRun, remote: Remote | None) -> None:
         self.run = run
@@ -234,7 +235,7 @@ def complete(run: TaskRun, record_blob: bytes, value_blob: bytes | None = None,
             final = fetcher.add(RemoteState(final), handle, run)
         else:
             final = final.with_data(value)
-    return run.finish_reported(final, record.name, record.run_count)
+    return run.finish_reported(final, record.name, record.run_count, record.cache, record.result_key)
 
 
 def crash(run: TaskRun, reason: str, error: BaseException | None = None) -> bool:
@@ -291,5 +292,16 @@ class _Timer:
 _timer = _Timer()
 
 
-__all__ = ["GRACE", "Remote", "Tracked", "track", "tracked", "untrack", "receive", "complete", "crash",
-           "crashed", "fail"]
+__all__ = [
+    "GRACE",
+    "Remote",
+    "Tracked",
+    "complete",
+    "crash",
+    "crashed",
+    "fail",
+    "receive",
+    "track",
+    "tracked",
+    "untrack",
+]

@@ -16,7 +16,8 @@ import contextlib
 import io
 import pickle
 import threading
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cloudpickle
 
@@ -41,14 +42,29 @@ class FlowRunStandIn:
     worker (``task_runner`` is None), but they can be called.
     """
 
-    __slots__ = ("_id", "name", "flow_name", "version", "log_prints", "parameters", "run_count",
-                 "tags", "parent", "settings", "task_runs", "subflow_runs")
+    __slots__ = (
+        "_id",
+        "_task_counts",
+        "flow_name",
+        "log_prints",
+        "name",
+        "parameters",
+        "parent",
+        "run_count",
+        "settings",
+        "subflow_runs",
+        "tags",
+        "task_runs",
+        "version",
+    )
 
     task_runner = None
+    reuse = None  # a retry serves runs on the driver, before they are dispatched
+    count_task_run = FlowRun.count_task_run  # dynamic keys of the runs of tasks called inline
 
     def __init__(self, id_: int, name: str, flow_name: str, version: str | None, log_prints: bool,
                  parameters: dict[str, Any], run_count: int, tags: frozenset[str],
-                 parent: "FlowRunStandIn | None", settings_: settings.Settings) -> None:
+                 parent: FlowRunStandIn | None, settings_: settings.Settings) -> None:
         self._id = id_
         self.name = name
         self.flow_name = flow_name
@@ -61,9 +77,10 @@ class FlowRunStandIn:
         self.settings = settings_
         self.task_runs: list[TaskRun] = []  # runs of tasks called inline in the remote task
         self.subflow_runs: list[FlowRun] = []
+        self._task_counts: dict[str, int] = {}
 
     @classmethod
-    def of(cls, flow_run: FlowRun) -> "FlowRunStandIn":
+    def of(cls, flow_run: FlowRun) -> FlowRunStandIn:
         parent = cls.of(flow_run.parent) if flow_run.parent is not None else None
         return cls(flow_run.int_id, flow_run.name, flow_run.flow_name, flow_run.flow.version,
                    should_log_prints(flow_run), flow_run.parameters, flow_run.run_count,
@@ -78,14 +95,14 @@ class FlowRunStandIn:
         return self._id
 
     @property
-    def root(self) -> "FlowRunStandIn":
+    def root(self) -> FlowRunStandIn:
         run = self
         while run.parent is not None:
             run = run.parent
         return run
 
     @property
-    def flow(self) -> "FlowRunStandIn":
+    def flow(self) -> FlowRunStandIn:
         return self  # readers ask flow_run.flow for log_prints and version
 
     def __reduce__(self) -> tuple:
@@ -131,7 +148,7 @@ class Payloads:
     the worker sends live messages, if the runner's transport does not say.
     """
 
-    def __init__(self, runner: str, channel: "Channel | None" = None) -> None:
+    def __init__(self, runner: str, channel: Channel | None = None) -> None:
         self._runner = runner
         self._channel = channel
         self._tasks: dict[Any, bytes] = {}
@@ -159,7 +176,7 @@ class Payloads:
             raise self._argument_error(run, parameters, index, exc) from exc
         return pickle.dumps(
             (self._task(run.task), self._flow_run(run.flow_run), arguments, run.int_id, run.name,
-             run.map_index, run.tags, self._channel, _history(run)),
+             run.map_index, run.dynamic_key, run.tags, self._channel, _history(run)),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
@@ -235,6 +252,9 @@ class Record(NamedTuple):
     output_sent: int
     #: What the run printed or logged (an OutputBuffer), or None.
     output: Any
+    #: What the cache did for the run (a CacheOutcome), and where its result is stored.
+    cache: Any = None
+    result_key: str | None = None
 
 
 def dumps(value: Any) -> bytes:
@@ -294,10 +314,10 @@ __all__ = [
     "FlowRunStandIn",
     "Payloads",
     "Record",
-    "resumed",
     "dumps",
-    "loading_upstream",
-    "upstream_stand_in",
     "finished_stand_in",
+    "loading_upstream",
     "outcome_stand_in",
+    "resumed",
+    "upstream_stand_in",
 ]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pickle
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nbflow.exceptions import CrashedRun, MissingResult, SerializationError
 from nbflow.records import TaskRun
 from nbflow.states import State
-
 
 _DATA = State.__dict__["data"]  # the slot behind State.data
 
@@ -142,4 +142,4 @@ def loads_value(run_name: str, blob: bytes) -> Any:
         ) from exc
 
 
-__all__ = ["RemoteState", "Fetcher", "loads_value"]
+__all__ = ["Fetcher", "RemoteState", "loads_value"]

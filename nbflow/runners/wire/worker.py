@@ -26,7 +26,8 @@ import pickle
 import threading
 import time
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from nbflow import engine, events, settings
 from nbflow import logging as run_logging
@@ -156,7 +157,7 @@ _outbox = _Outbox()
 
 
 class _Active:
-    __slots__ = ("channel", "run_id", "base", "sent")
+    __slots__ = ("base", "channel", "run_id", "sent")
 
     def __init__(self, channel: Channel, run_id: int, base: int) -> None:
         self.channel = channel
@@ -221,7 +222,8 @@ def run_payload(
     them; live messages go to ``channel``, or to the payload's.
     """
     _prepare_worker()
-    task_blob, flow_blob, arguments, run_id, name, map_index, tags, sent_with, history = pickle.loads(payload)
+    task_blob, flow_blob, arguments, run_id, name, map_index, dynamic_key, tags, sent_with, history = (
+        pickle.loads(payload))
     channel = channel or sent_with
     base = history[1] if history is not None else 0
     try:
@@ -241,7 +243,8 @@ def run_payload(
         return record, None
     if flow_run is not None and flow_run.settings != settings.current:
         settings.current = flow_run.settings
-    run = TaskRun(task, flow_run, parameters, tags, map_index, name, dependencies=deps, id=run_id)
+    run = TaskRun(task, flow_run, parameters, tags, map_index, name, dependencies=deps, id=run_id,
+                  dynamic_key=dynamic_key)
     if history is not None:  # earlier attempts ended on the driver's watch: this one is a retry
         run.resume(*history)
     active = _Active(channel, run_id, base) if channel is not None else None
@@ -296,7 +299,8 @@ def _report(run: TaskRun, state: State, sent: int) -> tuple[Record, bytes | None
     if isinstance(state.data, BaseException):
         state = state.with_data(_portable(run, state.data))
     earlier = tuple(run.states[1:-1])  # the shell ended in ``state``: it is last
-    return Record(run.int_id, earlier + (state,), run.run_count, run.name, sent, run.output), value
+    return Record(run.int_id, earlier + (state,), run.run_count, run.name, sent, run.output,
+                  run.cache, run.result_key), value
 
 
 def _portable(run: TaskRun, exc: BaseException) -> BaseException:
@@ -317,4 +321,4 @@ def _portable(run: TaskRun, exc: BaseException) -> BaseException:
         )
 
 
-__all__ = ["LIVE_INTERVAL", "Channel", "run_payload", "send_final", "send"]
+__all__ = ["LIVE_INTERVAL", "Channel", "run_payload", "send", "send_final"]
