@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SAFETY
 
 from nbflow.store import results
 from nbflow.store.results import (
@@ -45,6 +44,8 @@ from nbflow.store.results import (
 )
 
 BIG = 1 << 40  # a size limit never reached
+
+SAFETY = 10.0  # seconds: a bound on waits that a correct store never gets near
 
 
 class Clock:

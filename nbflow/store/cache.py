@@ -89,6 +89,14 @@ def store_at(root: Path | str | None = None) -> ResultStore:
     return found
 
 
+def flush_stores(timeout: float | None = None) -> None:
+    """Wait until what this process wrote to its stores is committed, for other processes to see."""
+    with _stores_lock:
+        stores = list(_stores.values())
+    for store in stores:
+        store.flush(timeout)
+
+
 def close_stores() -> None:
     """Flush and close every open store (tests; the stores also flush at exit)."""
     global _default
@@ -279,4 +287,4 @@ def clear(task: str | None = None) -> int:
     return store.clear(task)
 
 
-__all__ = ["CacheOutcome", "Entry", "clear", "close_stores", "key_parts", "open_entry", "policy_of", "read", "store_at"]
+__all__ = ["CacheOutcome", "Entry", "clear", "close_stores", "flush_stores", "key_parts", "open_entry", "policy_of", "read", "store_at"]

@@ -470,7 +470,7 @@ class ResultStore:
         self._pending_slots: dict[str, tuple[Any, ...]] = {}  # slot -> its latest remember() not yet applied
         self._readers: list[sqlite3.Connection] = []  # idle read connections to the index
         self._reader_count = 0  # read connections open, idle or in use by one thread
-        self._reader_free = threading.Condition()  # guards both; notified as a connection is given back
+        self._reader_free = threading.Condition(threading.Lock())  # guards both; notified as one is given back
         self._inline: bool | None = None  # whether small entries go to the index; None: not known yet
         self._index_tried = threading.Event()  # the background thread tried to open the index
 
@@ -487,8 +487,7 @@ class ResultStore:
 
         Never raises. A hit counts as a use for the least-recently-used order.
         """
-        pending = self._pending.get(key)
-        data = self._lookup(_SELECT_INLINE, key) if pending is None else pending.data
+        data = self._inline_data(key)
         if data is not None:
             return self._inline_entry(key, data)
         try:
@@ -504,6 +503,11 @@ class ResultStore:
         header, size, meta, value = found
         self._note(("file use", key, header.task, size, header.created, header.expires, self._clock()), wait=False)
         return Entry(value, header.task, header.created, header.expires, meta)
+
+    def _inline_data(self, key: str) -> bytes | None:
+        """The inline entry of ``key``: pending, else in the index; None if it is a file (or there is none)."""
+        pending = self._pending.get(key)
+        return self._lookup(_SELECT_INLINE, key) if pending is None else pending.data
 
     def _inline_entry(self, key: str, data: bytes) -> Entry | None:
         try:
@@ -577,8 +581,7 @@ class ResultStore:
 
     def exists(self, key: str) -> bool:
         """Whether an unexpired entry is stored under ``key`` (its header is read, its value is not)."""
-        pending = self._pending.get(key)
-        data = self._lookup(_SELECT_INLINE, key) if pending is None else pending.data
+        data = self._inline_data(key)
         try:
             if data is not None:
                 header = _inline_header(data, key)[0]

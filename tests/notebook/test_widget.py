@@ -126,12 +126,12 @@ def test_the_list_filters_by_state_task_name_and_map_index_with_no_row_limit(com
     assert [row[4] for row in everything["rows"][:30]] == ["Failed"] * 30  # failures first
     failed = view.list_rows(state="Failed")
     assert failed["total"] == 30 and {row[0] for row in failed["rows"]} == {1}
-    assert view.list_rows(query="217")["rows"] == [
-        [1, 217, view.model.groups[1].runs[217].name, 217, "Failed"],
-        [0, 217, view.model.groups[0].runs[217].name, 217, "Completed"],
-    ]
+    found = view.list_rows(query="217")["rows"]
+    assert [1, 217, view.model.groups[1].runs[217].name, 217, "Failed"] in found
+    assert [0, 217, view.model.groups[0].runs[217].name, 217, "Completed"] in found
+    assert all(row[3] == 217 or "217" in row[2] for row in found)  # a run name may hold 217 too
     only_load = view.list_rows(group=0, query="217")
-    assert [row[0] for row in only_load["rows"]] == [0]  # a DAG node picked: that task only
+    assert {row[0] for row in only_load["rows"]} == {0}  # a DAG node picked: that task only
     name = view.model.groups[0].runs[5].name
     assert view.list_rows(query=name.upper())["rows"][0][2] == name  # by name, any case
     page = view.list_rows(offset=200, limit=200)

@@ -252,6 +252,12 @@ def run_payload(
         _active[run] = active
     try:
         state = engine.run_here(run)
+        if run.cache is not None or run.result_key is not None:
+            # Stored or keyed here: the driver or another worker may look it up next, so the
+            # store's queued writes are committed before the run is reported.
+            from nbflow.store import cache
+
+            cache.flush_stores()
     finally:
         if active is not None:
             del _active[run]
