@@ -35,7 +35,7 @@ import statistics
 import sys
 import uuid
 import warnings
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from nbflow import settings
@@ -498,10 +498,10 @@ def _ipython_running() -> bool:
 
 def _show(name: str, tracer: Tracer) -> None:
     """In IPython: the live view's DAG in the cell. Elsewhere: Prefect's PNG, opened in a viewer."""
-    if _ipython_running():
+    if drawer is not None and _ipython_running():
         from IPython.display import display
 
-        display(dag_of(name, tracer.calls))
+        display(drawer(name, tracer.calls, False))
         return
     graph = digraph(tracer.calls)
     import graphviz
@@ -534,41 +534,36 @@ def digraph(calls: list[TracedCall]) -> Any:
         raise FlowVisualizationError(_BUILD_FAILED) from None
 
 
-class _Group(NamedTuple):
+class TraceGroup(NamedTuple):
+    """The traced calls of one task (or subflow): one node of the drawing."""
+
     what: Any
     calls: list[TracedCall]
 
+    @property
+    def runs(self) -> int:
+        """How many runs the calls make (a map whose length is unknown counts as one)."""
+        return sum(c.runs if c.runs is not None else 1 for c in self.calls)
 
-def _groups(calls: list[TracedCall]) -> tuple[list[_Group], set[tuple[int, int]]]:
+
+def trace_groups(calls: list[TracedCall]) -> tuple[list[TraceGroup], set[tuple[int, int]]]:
     """The calls by task (one node per task, as the live view) and the edges between those nodes."""
     index: dict[int, int] = {}
-    groups: list[_Group] = []
+    groups: list[TraceGroup] = []
     for call in calls:
         at = index.setdefault(id(call.what), len(groups))
         if at == len(groups):
-            groups.append(_Group(call.what, []))
+            groups.append(TraceGroup(call.what, []))
         groups[at].calls.append(call)
     edges = {(index[id(up.what)], index[id(call.what)]) for call in calls for up in call.upstream}
     return groups, {(a, b) for a, b in edges if a != b}
 
 
-def dag_of(name: str, calls: list[TracedCall], planned: bool = False) -> Any:
-    """The traced calls drawn as the live view draws a run (``nbflow.notebook.dag.Dag``).
-
-    A plan's nodes show their runs as Cached and the rest as Pending (would run).
-    """
-    from nbflow.notebook.dag import Dag, DagNode
-    from nbflow.notebook.viewmodel import CACHED, CATEGORIES, PENDING
-
-    groups, edges = _groups(calls)
-    nodes = []
-    for i, group in enumerate(groups):
-        runs = sum(c.runs if c.runs is not None else 1 for c in group.calls)
-        cached = sum(c.cached for c in group.calls) if planned else 0
-        counts = [0] * len(CATEGORIES)
-        counts[CACHED], counts[PENDING] = cached, runs - cached
-        nodes.append(DagNode(i, group.what.name, runs, tuple(counts)))
-    return Dag(nodes, edges, name)
+#: ``drawer(name, calls, planned)`` draws traced calls as the live view draws a run (an object
+#: with ``svg()`` and ``_repr_html_``): the notebook extension installs it when it loads, so
+#: this module never reaches the notebook layer. Without it, visualize() renders with graphviz
+#: as Prefect does, and a plan's HTML has no picture.
+drawer: Callable[[str, list[TracedCall], bool], Any] | None = None
 
 
 # -- plan --------------------------------------------------------------------------------------------------
@@ -606,7 +601,7 @@ class Plan:
     def __init__(self, flow_name: str, calls: list[TracedCall], durations: dict[str, float]) -> None:
         self.flow_name = flow_name
         self.calls = calls
-        groups, edges = _groups(calls)
+        groups, edges = trace_groups(calls)
         names = [g.what.name for g in groups]
         upstream: dict[int, list[str]] = collections.defaultdict(list)
         for a, b in sorted(edges):
@@ -647,8 +642,8 @@ class Plan:
 
     @property
     def dag(self) -> Any:
-        """The DAG with each task's runs shown Cached or Pending (would run)."""
-        return dag_of(self.flow_name, self.calls, planned=True)
+        """The DAG with each task's runs shown Cached or Pending (would run); None without the notebook extension."""
+        return drawer(self.flow_name, self.calls, True) if drawer is not None else None
 
     def rows(self) -> list[tuple[str, str, str, str, str, str]]:
         """The table: task, runs, cached, to run, time per run, estimate (as text)."""
@@ -687,8 +682,10 @@ class Plan:
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in self.rows()
         )
+        dag = self.dag
+        picture = dag.svg() if dag is not None else ""
         return (
-            f'<div class="nbflow-plan"><p>{html.escape(self.summary())}</p>{self.dag.svg()}'
+            f'<div class="nbflow-plan"><p>{html.escape(self.summary())}</p>{picture}'
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
         )
 
@@ -743,9 +740,11 @@ __all__ = [
     "TracedCall",
     "Tracer",
     "VisualizationUnsupportedError",
+    "TraceGroup",
     "VizTask",
-    "dag_of",
     "digraph",
+    "drawer",
     "plan",
+    "trace_groups",
     "visualize",
 ]

@@ -7,6 +7,8 @@ import datetime
 
 import pytest
 
+import nbflow.visualize as viz
+
 from nbflow import flow, settings, task
 from nbflow.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from nbflow.runs import last_flow_run, subscribe
@@ -186,7 +188,14 @@ def test_unknown_map_lengths_and_the_text_and_html_forms(cache_on):
     plan = fan.plan(3)  # numbers(3) is Cached now: its stored list gives the map its length
     assert (plan["square"].runs, plan["square"].cached, plan.to_run) == (3, 3, 0)
     page = plan._repr_html_()
-    assert "<svg" in page and "<td>square</td><td>3</td><td>3</td><td>0</td>" in page
+    assert "<svg" not in page and "<td>square</td><td>3</td><td>3</td><td>0</td>" in page  # no drawer: a table
+    from nbflow.notebook.dag import Dag
+
+    viz.drawer = Dag.from_trace  # what %load_ext nbflow installs
+    try:
+        assert "<svg" in plan._repr_html_() and "square x3" in plan._repr_html_()
+    finally:
+        viz.drawer = None
     assert repr(plan) == "<Plan of flow 'fan': 5 task runs, 5 cached, 0 to run>"
 
 

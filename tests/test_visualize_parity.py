@@ -281,9 +281,12 @@ def test_without_the_dot_program_prefects_error(monkeypatch):
     )
 
 
-def test_in_ipython_the_live_views_dag_is_displayed(monkeypatch):
+def test_in_ipython_with_the_extension_the_live_views_dag_is_displayed(monkeypatch):
+    from nbflow.notebook.dag import Dag
+
     shown = []
     monkeypatch.setattr(viz, "_ipython_running", lambda: True)
+    monkeypatch.setattr(viz, "drawer", Dag.from_trace)  # what %load_ext nbflow installs
     import IPython.display
 
     monkeypatch.setattr(IPython.display, "display", shown.append)
@@ -299,6 +302,20 @@ def test_in_ipython_the_live_views_dag_is_displayed(monkeypatch):
     assert [(n.name, n.runs) for n in dag.nodes] == [("add_one", 2), ("show", 1)]
     assert dag.edges == [(0, 1)]
     assert "add_one x2" in dag.svg()
+
+
+def test_in_ipython_without_the_extension_it_renders_as_prefect_does(monkeypatch, graphs):
+    monkeypatch.setattr(viz, "_ipython_running", lambda: True)
+    monkeypatch.setattr(viz, "drawer", None)
+
+    @flow
+    def pipeline(xs):
+        return show(add_one(xs))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipeline.visualize(1)
+    assert len(graphs) == 1 and "add_one" in graphs[0]
 
 
 def test_a_subflow_is_one_node_and_does_not_run(graphs):

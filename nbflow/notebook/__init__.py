@@ -49,6 +49,10 @@ def load_ipython_extension(ipython: Any) -> None:
     from nbflow.notebook.magics import NbflowMagics, flow_cell_transformer
 
     reprs.register(ipython)
+    from nbflow import visualize
+    from nbflow.notebook.dag import Dag
+
+    visualize.drawer = Dag.from_trace  # Flow.visualize() / plan() draw as the live view does
     if os.environ.get("NBFLOW_PERSIST_RESULTS", "") == "":
         # Completed results are kept, so a flow run with failures can be retried (nbflow.retry).
         nbflow_settings.current.persist_results = True
@@ -69,6 +73,9 @@ def unload_ipython_extension(ipython: Any) -> None:
 
     sessions.uninstall()
     reprs.unregister(ipython)
+    from nbflow import visualize
+
+    visualize.drawer = None
     cleanup = ipython.input_transformers_cleanup
     while flow_cell_transformer in cleanup:
         cleanup.remove(flow_cell_transformer)

@@ -33,10 +33,12 @@ from nbflow.notebook.viewmodel import (
     CRASHED,
     DONE_CODES,
     FAILED,
+    PENDING,
     RUNNING,
     RunModel,
     counts_dict,
 )
+from nbflow.visualize import trace_groups
 
 logger = logging.getLogger("nbflow.notebook")
 
@@ -345,6 +347,22 @@ class Dag:
     def from_flow_run(cls, flow_run: Any, backend: str | None = None) -> Dag:
         """The DAG of a recorded flow run (and its subflows)."""
         return cls.from_model(RunModel.of(flow_run), complete=True, backend=backend)
+
+    @classmethod
+    def from_trace(cls, name: str, calls: list[Any], planned: bool = False) -> Dag:
+        """The calls ``Flow.visualize()`` / ``Flow.plan()`` traced, drawn as a run is.
+
+        A plan's nodes show their runs as Cached and the rest as Pending (would run).
+        """
+        groups, edges = trace_groups(calls)
+        nodes = []
+        for i, group in enumerate(groups):
+            runs = group.runs
+            cached = sum(c.cached for c in group.calls) if planned else 0
+            counts = [0] * len(CATEGORIES)
+            counts[CACHED], counts[PENDING] = cached, runs - cached
+            nodes.append(DagNode(i, group.what.name, runs, tuple(counts)))
+        return cls(nodes, edges, name)
 
     @property
     def shape(self) -> Shape:

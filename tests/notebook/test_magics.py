@@ -320,3 +320,15 @@ def test_a_background_flow_cell_returns_at_once_and_wait_gives_its_outcome(ip, g
         ip.run_line_magic("nbflow", "wait")
     with pytest.raises(UsageError, match="no background flow run"):
         ip.run_line_magic("nbflow", "wait")
+
+
+def test_loading_the_extension_makes_visualize_draw_as_the_live_view(ipython):
+    import nbflow.visualize as viz
+    from nbflow.notebook.dag import Dag
+
+    ipython.run_line_magic("load_ext", "nbflow")
+    try:
+        assert viz.drawer == Dag.from_trace
+    finally:
+        ipython.run_line_magic("unload_ext", "nbflow")
+    assert viz.drawer is None
