@@ -438,3 +438,29 @@ def test_a_ray_runner_given_no_address_starts_its_own_ray_and_shuts_it_down(ray_
     marvin, ford, elsewhere, output, running, still_running = json.loads(out.stdout.splitlines()[-1])
     assert (marvin, ford) == ("marvin", "ford") and elsewhere
     assert output == "Hello from Ray!\n" and running and not still_running
+
+
+def test_a_retry_reuses_what_the_cluster_computed_and_reruns_only_the_failure(engine, tmp_path):
+    import nbflow
+    import nbflow.runs
+    import nbflow.settings
+
+    nbflow.settings.current.persist_results = True
+    fixed = tmp_path / "fixed"  # the workers are other processes: the fix is a file they see
+
+    @task
+    def load(i: int) -> int:
+        if i == 1 and not fixed.exists():
+            raise ValueError("bad")
+        return i * 10
+
+    @flow(name=f"cluster-retry-{engine.name}", task_runner=engine.runner())
+    def f(n: int) -> list[int]:
+        loads = load.map(range(n))
+        loads.wait()
+        return loads.result()
+
+    assert f(3, return_state=True).is_failed()
+    fixed.touch()
+    assert nbflow.retry(nbflow.runs.last_flow_run()) == [0, 10, 20]
+    assert [r.state.name for r in nbflow.runs.last_flow_run().task_runs] == ["Cached", "Completed", "Cached"]

@@ -492,3 +492,23 @@ def test_task_runs_outside_a_flow_run_are_not_recorded(writer):
     assert alone() == 1
     writer.flush()
     assert history.flow_runs() == []
+
+
+def test_a_past_runs_details_show_its_result_and_traceback_summaries(writer):
+    from nbflow.notebook import reprs
+
+    @task
+    def half(x: int) -> float:
+        if x == 0:
+            raise ZeroDivisionError("no half of nothing here")
+        return x / 2
+
+    @flow(name="halves")
+    def halves() -> None:
+        half.map([0, 4]).wait()
+
+    halves(return_state=True)
+    writer.flush()
+    failed, done = sorted(history.flow_run("halves").task_runs, key=lambda r: r.map_index)
+    assert "ZeroDivisionError: no half of nothing here" in reprs.task_run_html(failed)
+    assert "<b>Result</b> <code>2.0</code>" in reprs.task_run_html(done)

@@ -313,10 +313,14 @@ def task_run_html(run: TaskRun) -> str:
     if cache is not None:  # what the cache did, and on a miss why
         parts.append(f'<div class="nbflow-cache" data-hit="{str(cache.hit).lower()}"><b>Cache</b> {esc(str(cache))}'
                      f' <span style="{_MUTED}">key {esc(cache.key[:12])}</span></div>')
+    # A run read back from the run history holds summaries, not the objects themselves.
+    summary, trace = getattr(run, "result_summary", None), getattr(run, "traceback", None)
     if state.is_completed():
-        parts.append(f"<div><b>Result</b> {value_html(state.data)}</div>")
-    if exc is not None:
-        parts.append(f'<div><b>Traceback</b></div><pre class="nbflow-traceback" style="{_PRE}">{esc(traceback_text(exc))}</pre>')
+        result = value_html(state.data) if summary is None else f"<code>{esc(summary)}</code>"
+        parts.append(f"<div><b>Result</b> {result}</div>")
+    if exc is not None or trace:
+        text = traceback_text(exc) if exc is not None else trace
+        parts.append(f'<div><b>Traceback</b></div><pre class="nbflow-traceback" style="{_PRE}">{esc(text)}</pre>')
     output: Any = run.output  # an OutputBuffer
     if output is not None and len(output):
         parts.append(f"<div><b>Output and logs</b></div>{output_html(output)}")
