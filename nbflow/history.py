@@ -26,13 +26,12 @@ import collections
 import json
 import re
 import sqlite3
-import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from nbflow.records import FlowRunReading
+from nbflow.records import FlowRunReading, TaskRunReading
 from nbflow.states import State, StateType
 
 if TYPE_CHECKING:
@@ -49,11 +48,7 @@ class TaskInfo(NamedTuple):
     task_key: str
 
 
-def _duration(start: float | None, end: float | None) -> float | None:
-    return None if start is None else (end or time.time()) - start
-
-
-class TaskRunRecord:
+class TaskRunRecord(TaskRunReading):
     """One task run as the history holds it (see :class:`nbflow.records.TaskRun` for the live one).
 
     ``inputs`` (also ``parameters``) maps each argument to a summary;
@@ -134,14 +129,6 @@ class TaskRunRecord:
         return self.task.name
 
     @property
-    def task_key(self) -> str:
-        return self.task.task_key
-
-    @property
-    def state(self) -> State:
-        return self.states[-1]
-
-    @property
     def done(self) -> bool:
         """True if the run had ended when it was last written."""
         return self.states[-1].is_final()
@@ -149,10 +136,6 @@ class TaskRunRecord:
     @property
     def flow_run_id(self) -> uuid.UUID:
         return self.flow_run.id
-
-    @property
-    def duration(self) -> float | None:
-        return _duration(self.start_time, self.end_time)
 
     def __repr__(self) -> str:
         return f"TaskRunRecord(name={self.name!r}, state={self.state.name})"

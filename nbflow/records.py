@@ -75,7 +75,39 @@ class RunId:
         return self._id
 
 
-class TaskRun(RunId, Completion):
+class RunReading:
+    """What reading any run offers, live or from the run history: its ``state`` and ``duration``.
+
+    Its class has ``states`` (oldest first), ``start_time`` and ``end_time``.
+    """
+
+    __slots__ = ()
+    states: list[State]
+    start_time: float | None
+    end_time: float | None
+
+    @property
+    def state(self) -> State:
+        """The latest state."""
+        return self.states[-1]
+
+    @property
+    def duration(self) -> float | None:
+        return _duration(self.start_time, self.end_time)
+
+
+class TaskRunReading(RunReading):
+    """What reading a task run offers, live or from the run history (its class also has ``task``)."""
+
+    __slots__ = ()
+    task: Any
+
+    @property
+    def task_key(self) -> str:
+        return self.task.task_key
+
+
+class TaskRun(RunId, TaskRunReading, Completion):
     """The record of one run of a task.
 
     ``states`` holds every state the run entered, oldest first; ``state`` is
@@ -184,15 +216,7 @@ class TaskRun(RunId, Completion):
         """The id of the flow run this run belongs to (None outside a flow)."""
         return self.flow_run.id if self.flow_run is not None else None
 
-    @property
-    def task_key(self) -> str:
-        return self.task.task_key
-
     # -- reading -----------------------------------------------------------------
-    @property
-    def state(self) -> State:
-        return self.states[-1]
-
     @property
     def started(self) -> bool:
         """True once the run was claimed to execute (or cancelled before it could be)."""
@@ -227,10 +251,6 @@ class TaskRun(RunId, Completion):
     @property
     def end_time(self) -> float | None:
         return self.states[-1].timestamp_seconds if self._done else None
-
-    @property
-    def duration(self) -> float | None:
-        return _duration(self.start_time, self.end_time)
 
     # -- transitions -----------------------------------------------------------
     def mark_resolved(self) -> None:
@@ -423,26 +443,15 @@ class _Pause:
         return True
 
 
-class FlowRunReading:
+class FlowRunReading(RunReading):
     """What reading a flow run offers, for the live record and for one from the run history.
 
-    Its class has ``states``, ``start_time``, ``end_time``, ``parent`` and ``task_runs``.
+    Its class also has ``parent`` and ``task_runs``.
     """
 
     __slots__ = ()
-    states: list[State]
     parent: Any
     task_runs: list[Any]
-    start_time: float | None
-    end_time: float | None
-
-    @property
-    def state(self) -> State:
-        return self.states[-1]
-
-    @property
-    def duration(self) -> float | None:
-        return _duration(self.start_time, self.end_time)
 
     @property
     def root(self) -> Any:
@@ -682,6 +691,8 @@ def iter_task_runs(flow_run: FlowRun) -> Iterator[TaskRun]:
 
 __all__ = [
     "FlowRunReading",
+    "RunReading",
+    "TaskRunReading",
     "NOTHING",
     "Dependencies",
     "FlowRun",
