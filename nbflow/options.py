@@ -327,6 +327,8 @@ TASK_OPTIONS = OptionTable(
     Option("on_running", check=_hooks("on_running", "task"), attr="on_running_hooks", keep="falsy"),
     Option("retry_condition_fn", check=_retry_condition, keep="falsy"),
     Option("viz_return_value", keep="falsy"),
+    # Prefect 3.9 records assets for its server's lineage graph; nbflow keeps the list as given.
+    Option("asset_deps", check=lambda value, owner, given: list(value) if value else [], keep="falsy"),
 )
 
 

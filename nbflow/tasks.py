@@ -274,6 +274,7 @@ def task(
     on_running: list[Callable[..., Any]] | None = None,
     retry_condition_fn: Callable[..., bool] | None = None,
     viz_return_value: Any = None,
+    asset_deps: list[Any] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 

@@ -755,3 +755,11 @@ def test_a_failed_state_passed_as_an_argument_leaves_the_run_not_ready():
     assert state.is_pending() and state.name == "NotReady"
     assert value == 3
     assert passed == ("State", "Failed", "kept")  # quote hands the State itself over
+
+
+def test_asset_deps_is_accepted_and_kept_through_with_options():
+    # Prefect 3.9.1 takes asset_deps (turning strings into Assets for its server); nbflow keeps them as given
+    t = task(asset_deps=["s3://bucket/raw.csv"])(lambda: 1)
+    assert t.asset_deps == ["s3://bucket/raw.csv"]
+    assert t.with_options(name="renamed").asset_deps == ["s3://bucket/raw.csv"]
+    assert task(lambda: 1).asset_deps == []
