@@ -202,12 +202,14 @@ def test_hover_click_filter_search_and_a_finished_view(lab):
     view.locator(".nbflow-chip").click()
 
     view.locator(".nbflow-search").fill("107")  # search by map index
+    # Map index 107 of both tasks; a run whose random name holds "107" (load-107) may match too.
     lab.page.wait_for_function(
-        "(el) => { const rows = el.querySelectorAll('.nbflow-row[data-key]');"
-        " return rows.length === 2 && [...rows].every(r => r.textContent.includes('[107]')); }",
+        "(el) => { const rows = [...el.querySelectorAll('.nbflow-row[data-key]')];"
+        " return rows.filter(r => r.textContent.includes('[107]')).length === 2"
+        " && rows.every(r => r.textContent.includes('107')); }",
         arg=view.element_handle(),
     )
-    assert view.locator(".nbflow-row[data-state='Failed']").count() == 1
+    assert view.locator(".nbflow-row[data-state='Failed']", has_text="[107]").count() == 1
     lab.screenshot(view, "search-map-index.png")
 
 
