@@ -76,7 +76,8 @@ def interrupt_thread(ident: int, exc: type[BaseException]) -> None:
 
 # -- the timer thread -------------------------------------------------------------------
 class _Timer:
-    """One daemon thread calling ``action(arg)`` at set times, for watches whose call has not ended."""
+    """One daemon thread calling functions at set times: deadlines of calls (dropped once the
+    watched call has ended), and of remote attempts and retry delays (``call_later``)."""
 
     def __init__(self) -> None:
         self._heap: list = []
@@ -84,9 +85,9 @@ class _Timer:
         self._thread: threading.Thread | None = None
         self._seq = itertools.count()
 
-    def add(self, when: float, watch: "Watch", action: Callable[[Any], Any], arg: Any) -> None:
+    def add(self, when: float, watch: "Watch | None", action: Callable[..., Any], *args: Any) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (when, next(self._seq), watch, action, arg))
+            heapq.heappush(self._heap, (when, next(self._seq), watch, action, args))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="nbflow-deadlines", daemon=True)
                 self._thread.start()
@@ -96,8 +97,8 @@ class _Timer:
         while True:
             with self._cond:
                 while True:
-                    while self._heap and self._heap[0][2].claims:  # its call has ended
-                        heapq.heappop(self._heap)
+                    while self._heap and self._heap[0][2] is not None and self._heap[0][2].claims:
+                        heapq.heappop(self._heap)  # its call has ended
                     if not self._heap:
                         self._cond.wait()
                         continue
@@ -105,15 +106,22 @@ class _Timer:
                     if delay > 0:
                         self._cond.wait(delay)
                         continue
-                    _, _, _, action, arg = heapq.heappop(self._heap)
+                    _, _, _, action, args = heapq.heappop(self._heap)
                     break
             try:  # outside the lock: an action may arm deadlines of its own
-                action(arg)
+                action(*args)
             except Exception:
                 logger.exception("nbflow's deadline timer: %r failed", action)
 
 
 _timer = _Timer()
+
+
+def call_later(delay: float, fn: Callable[..., Any], *args: Any) -> None:
+    """Call ``fn(*args)`` on nbflow's timer thread after ``delay`` seconds (it must return at once)."""
+    _timer.add(time.monotonic() + delay, None, fn, *args)
+
+
 _interrupt_lock = threading.Lock()  # interrupters of every watch take turns; the watched thread never waits long
 
 
@@ -319,6 +327,7 @@ __all__ = [
     "ThreadHost",
     "Watch",
     "absorb_pending",
+    "call_later",
     "deadline",
     "hand_over",
     "interrupt_thread",

@@ -17,18 +17,15 @@ retries left.
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import logging
 import pickle
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from nbflow import engine
 from nbflow import logging as run_logging
 from nbflow import states as S
+from nbflow import timeouts
 from nbflow.exceptions import CrashedRun, SerializationError, TaskRunTimeoutError
 from nbflow.records import TaskRun
 from nbflow.runners.wire.payload import Record
@@ -90,7 +87,7 @@ class Remote:
         """The worker reported that an attempt started: arm its deadline."""
         timeout = self.run.task.timeout_seconds
         if timeout is not None:
-            _timer.call_later(timeout + GRACE, self._overran, self.run.run_count)
+            timeouts.call_later(timeout + GRACE, self._overran, self.run.run_count)
 
     def _overran(self, attempt: int) -> None:
         run = self.run
@@ -117,7 +114,7 @@ class Remote:
         run.set_state(S.AwaitingRetry(message=f"Retry {run.run_count} of {task.retries} after: {state.message}"))
         delay = engine.retry_delay(task.retry_delay_seconds, task.retries, run.run_count, task.retry_jitter_factor)
         if delay:
-            _timer.call_later(delay, self._resume)
+            timeouts.call_later(delay, self._resume)
         else:
             self._resume()
 
@@ -260,36 +257,6 @@ def fail(run: TaskRun, exc: BaseException) -> bool:
     return run.finish(S.Crashed(message=f"Task run {run.name!r} was interrupted: {exc!r}", data=exc))
 
 
-class _Timer:
-    """One daemon thread calling functions at set times: deadlines of remote attempts, retry delays."""
-
-    def __init__(self) -> None:
-        self._heap: list = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._seq = itertools.count()
-
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), fn, args))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="nbflow-remote-deadlines", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-                _, _, fn, args = heapq.heappop(self._heap)
-            try:
-                fn(*args)
-            except Exception:  # one failing action must not stop the others
-                logging.getLogger("nbflow.runners").exception("nbflow's remote-run timer: %r failed", fn)
-
-
-_timer = _Timer()
 
 
 __all__ = [
