@@ -219,7 +219,7 @@ def test_cache_key_fn_returns_stored_value_in_later_flow_runs(nbflow_home):
     assert expensive(1) == 10 and calls == [1, 2]
 
 
-def test_cache_expiration_bounds_the_cache():
+def test_cache_expiration_bounds_the_cache(monkeypatch):
     calls = []
 
     @task(cache_key_fn=_key_on_x, cache_expiration=datetime.timedelta(milliseconds=1))
@@ -233,7 +233,8 @@ def test_cache_expiration_bounds_the_cache():
         return x
 
     short_lived(1)
-    time.sleep(0.02)  # let the 1 ms expiration pass (not a synchronisation)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 1)  # a second later: past the 1 ms expiration
     short_lived(1)
     assert calls == [1, 1]
     long_lived(1)
