@@ -31,13 +31,18 @@ def run_example(source: str, module: str = "seed_example", **extra) -> dict:
 
 
 class SleepMeter:
-    """Counts concurrent sleepers of the example's work sleeps."""
+    """Counts concurrent sleepers of the example's work sleeps.
+
+    With ``peers`` set, a sleeper waits (up to 10 s) until that many sleep at
+    once, so that runs which may overlap are seen to, however slow the machine.
+    """
 
     def __init__(self) -> None:
         self.active = 0
         self.peak = 0
+        self.peers = 0
         self.calls: list[float] = []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
 
 
 @pytest.fixture
@@ -52,6 +57,9 @@ def fast_sleep(monkeypatch):
             meter.calls.append(seconds)
             meter.active += 1
             meter.peak = max(meter.peak, meter.active)
+            meter.lock.notify_all()
+            if meter.peers:
+                meter.lock.wait_for(lambda: meter.peak >= meter.peers, timeout=10)
         try:
             real_sleep(seconds / 1000)
         finally:
@@ -542,6 +550,7 @@ if __name__ == "__main__":
 def test_use_multiple_task_runners(fast_sleep):
     pytest.importorskip("dask")
     pytest.importorskip("distributed")
+    fast_sleep.peers = 2
     ns = run_example(MULTIPLE_RUNNERS, module="__main__")
     from nbflow.task_runners import DaskTaskRunner, ThreadPoolTaskRunner
 

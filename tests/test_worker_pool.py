@@ -176,3 +176,51 @@ def test_a_continuation_of_an_abandoned_worker_runs_even_after_shutdown():
     pool.abandon(stuck.ident, continued.set)
     assert continued.wait(SAFETY)
     stuck.gate.set()
+
+
+def test_past_the_eager_threads_work_that_waits_gets_threads_until_all_of_it_runs_at_once():
+    # 40 items that all wait for each other: with 2 eager threads they can only finish if
+    # the pool adds threads for work that waits (a thread per task, as with no cap).
+    probe = Probe()
+    pool = WorkerPool(probe, 1_000, "test-pool", eager=2)
+    barrier = threading.Barrier(40, timeout=SAFETY)
+    for _ in range(40):
+        pool.submit(barrier.wait)
+    probe.wait_for(40)
+    pool.shutdown()
+    assert probe.peak == 40 and not barrier.broken
+
+
+def test_the_eager_threads_serve_a_queue_of_small_items_without_more_threads():
+    # Items that never wait: one eager thread takes them all, as fast as they come.
+    names: set[str] = set()
+    probe = Probe()
+    pool = WorkerPool(probe, 1_000, "test-pool", eager=1)
+    gate = threading.Event()
+    pool.submit(lambda: gate.wait(SAFETY))  # holds the one eager thread while the rest queue
+    for _ in range(200):
+        pool.submit(lambda: names.add(threading.current_thread().name))
+    gate.set()
+    probe.wait_for(201)
+    pool.shutdown()
+    assert len(names) < 200  # not a thread per item
+
+
+def test_max_workers_caps_the_threads_added_for_waiting_work():
+    probe = Probe()
+    pool = WorkerPool(probe, 3, "test-pool", eager=1)
+    gate = threading.Event()
+    started = threading.Semaphore(0)
+
+    def item() -> None:
+        started.release()
+        gate.wait(SAFETY)
+
+    for _ in range(10):
+        pool.submit(item)
+    for _ in range(3):  # the ramp reaches the cap: three run at once, waiting
+        assert started.acquire(timeout=SAFETY)
+    gate.set()
+    probe.wait_for(10)
+    pool.shutdown()
+    assert probe.peak == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -39,8 +40,11 @@ class ThreadPoolTaskRunner(TaskRunner):
     def _start_pool(self) -> WorkerPool:
         with self._pool_lock:
             if self._pool is None:
-                limit = self.max_workers or settings.current.thread_pool_max_workers or sys.maxsize
-                self._pool = WorkerPool(engine.run_here, limit, "nbflow-worker")
+                limit = self.max_workers or settings.current.thread_pool_max_workers
+                # No cap given (as Prefect, no small one): start threads as concurrent.futures
+                # would by default, and more only as the work waits (see WorkerPool._ramp).
+                eager = None if limit else min(32, (os.cpu_count() or 1) + 4)
+                self._pool = WorkerPool(engine.run_here, limit or sys.maxsize, "nbflow-worker", eager)
             return self._pool
 
     def shutdown(self) -> None:

@@ -1,7 +1,10 @@
 """A thread pool that never deadlocks on tasks waiting for tasks.
 
 Like ``concurrent.futures.ThreadPoolExecutor`` it starts threads lazily, up to
-``max_workers``, reusing idle ones. Unlike it, a worker that blocks on a task
+``max_workers``, reusing idle ones; past ``eager`` threads (the default
+runner's pool has no small cap) it adds threads only while the queue waits on
+workers that are stuck or idle on I/O (see :meth:`WorkerPool._ramp`), so a map
+of small tasks does not start a thread per item. Unlike it, a worker that blocks on a task
 run's result (``Completion.wait`` calls :meth:`WorkerPool.blocking`) lends its
 slot to a new thread, so at most ``max_workers`` threads *execute* at once
 while a task that submits tasks and waits on them always makes progress, even
@@ -19,23 +22,32 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from nbflow.completion import set_thread_pool
-from nbflow.timeouts import set_thread_host
+from nbflow.timeouts import call_later, set_thread_host
 
 _STOP = object()
+
+#: Seconds between two looks at a queue that waits for threads past the eager ones.
+RAMP_INTERVAL = 0.005
+#: Below this share of one core used by the process, queued work waits on threads that wait (on I/O, a sleep).
+RAMP_CPU_SHARE = 0.5
 
 
 class WorkerPool:
     """Threads calling ``target(item)`` for every item given to :meth:`submit`."""
 
-    def __init__(self, target: Callable[[Any], Any], max_workers: int, name: str) -> None:
+    def __init__(self, target: Callable[[Any], Any], max_workers: int, name: str, eager: int | None = None) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self._target = target
         self._max = max_workers
+        self._eager = max_workers if eager is None else max(1, min(eager, max_workers))
+        self._taken = 0  # items workers took from the queue (the ramp's measure of progress)
+        self._ramping = False  # a look at the queue is scheduled
         self._name = name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -55,6 +67,7 @@ class WorkerPool:
 
     def submit(self, item: Any) -> None:
         """Queue ``item``; start a thread if no idle one can take it."""
+        ramp = False
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self._name} is shut down; it takes no new work")
@@ -62,12 +75,44 @@ class WorkerPool:
                 self._idle -= 1
                 spawn = False
             else:
-                spawn = self._threads < self._max + self._blocked
+                spawn = self._threads < self._eager + self._blocked
                 if spawn:
                     self._threads += 1
+                elif not self._ramping and self._threads < self._max + self._blocked:
+                    self._ramping = ramp = True
         self._queue.put(item)
         if spawn:
             self._spawn()
+        elif ramp:
+            self._look_later()
+
+    def _look_later(self) -> None:
+        call_later(RAMP_INTERVAL, self._ramp, self._taken, time.process_time(), time.monotonic())
+
+    def _ramp(self, taken: int, cpu: float, wall: float) -> None:
+        """Past the eager threads: add threads if the queue waits while the workers make no progress.
+
+        Runs on the timer thread every ``RAMP_INTERVAL`` while items wait. The
+        workers are taken to wait (on I/O, a sleep, a stuck call) when none of
+        them took an item since the last look, or the process used less than
+        ``RAMP_CPU_SHARE`` of a core: then the pool doubles, at most by the
+        items waiting (so a thousand sleeping tasks all run within a few
+        looks, as with a thread per task, while busy small tasks keep the
+        threads they have).
+        """
+        share = (time.process_time() - cpu) / max(time.monotonic() - wall, 1e-9)
+        with self._lock:
+            waiting = self._queue.qsize() - self._idle
+            if self._closed or waiting <= 0:
+                self._ramping = False
+                return
+            spawn = 0
+            if self._taken == taken or share < RAMP_CPU_SHARE:
+                spawn = min(waiting, max(self._threads, 1), self._max + self._blocked - self._threads)
+                self._threads += spawn
+        for _ in range(spawn):
+            self._spawn()
+        self._look_later()
 
     def _spawn(self, first: Callable[[], Any] | None = None, has_slot: bool = False) -> None:
         thread = threading.Thread(
@@ -96,6 +141,7 @@ class WorkerPool:
                 if item is _STOP:
                     return
                 with lock:
+                    self._taken += 1
                     self._take_slot()
                 target(item)
                 item = None
