@@ -13,9 +13,12 @@ import functools
 import importlib
 import logging
 import threading
+import time
 from typing import Any, NamedTuple
 
+from nbflow import events
 from nbflow.completion import when_all_done
+from nbflow.context import current_flow_run
 from nbflow.exceptions import MissingDependencyError, SerializationError
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun
@@ -45,7 +48,7 @@ class Outgoing(NamedTuple):
     """A run on its way to the engine."""
 
     run: TaskRun
-    payload: bytes
+    payload: tuple
     upstream: list[TaskRun]  # its upstream runs on the engine...
     handles: list[Any]  # ...and their engine futures
 
@@ -75,6 +78,7 @@ class ClusterTaskRunner(TaskRunner):
         self._fetcher: Fetcher | None = None
         self._start_lock = threading.Lock()
         self._batch = threading.local()  # .runs: where this thread's map collects its runs
+        self._flow_run: Any = None  # the flow run the engine was started for (cluster events name it)
 
     # -- what each engine provides ----------------------------------------------------
     @abc.abstractmethod
@@ -109,11 +113,27 @@ class ClusterTaskRunner(TaskRunner):
         self._ensure_started()
         return self
 
+    @property
+    def engine_name(self) -> str:
+        """How watchers name the engine: ``Dask cluster``, ``Ray cluster``."""
+        return f"{type(self).__name__.removesuffix('TaskRunner')} cluster"
+
+    def _phase(self, phase: str) -> None:
+        # Watchers show and time the engine's start and stop (events.ClusterEvent).
+        events.publish_cluster(self, phase, self.engine_name, self._flow_run, time.time())
+
     def _ensure_started(self) -> None:
         if self._fetcher is None:
             with self._start_lock:
                 if self._fetcher is None:
-                    where, channel = self._start()
+                    self._flow_run = current_flow_run()
+                    self._phase("starting")
+                    try:
+                        where, channel = self._start()
+                    except BaseException:
+                        self._phase("stopped")  # it never came up: nothing is starting any more
+                        raise
+                    self._phase("started")
                     self._payloads = Payloads(type(self).__name__, channel)
                     self._fetcher = Fetcher(self._gather, where, self._consumed)
 
@@ -130,10 +150,13 @@ class ClusterTaskRunner(TaskRunner):
         self._handles.clear()
         self._remotes.clear()
         self._consumed.clear()
+        self._phase("stopping")
         try:
             self._stop()
         except Exception:
             logger.warning("%r: stopping the engine failed", self, exc_info=True)
+        finally:
+            self._phase("stopped")
         for run in self._runs:  # nothing is left unfinished silently
             if not run.done:
                 crash(run, f"{type(self).__name__} shut down before the run finished.")

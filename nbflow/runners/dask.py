@@ -11,16 +11,26 @@ fetches a value when it is read, and at the end of the flow run the values
 no other run consumed (``nbflow.runners.wire.results.Fetcher``). Transitions and printed lines reach the driver
 through a scheduler event topic of the runner (``Worker.log_event`` and
 ``Client.subscribe_topic``); the Dask future's done callback ends each run.
+
+The runs of a large ``.map`` of small tasks go in *chunks*: one Dask task
+executes several runs in turn, each with its own states, retries, timeout,
+cache entry and output, and returns their outcomes in a list; a run's handle
+is then its place in a chunk (:class:`_Slot`). Chunks are sized to about
+``CHUNK_SECONDS`` of work from the durations measured for the task so far, so
+Dask's per-task cost (about a millisecond) is paid once per chunk.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import logging
+import math
+import pickle
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun, new_id
@@ -33,6 +43,48 @@ class PrefectDaskFuture(PrefectFuture):
     """The future of a task run on Dask: the same methods and semantics as every nbflow future."""
 
     __slots__ = ()
+
+
+#: Seconds of work a chunk of mapped runs aims at.
+CHUNK_SECONDS = 0.05
+#: Runs per chunk of a task whose duration is not known yet.
+FIRST_CHUNK = 256
+#: Chunks per worker thread a map is cut into at least, so that the work spreads.
+CHUNKS_PER_THREAD = 4
+
+# Measured mean duration (seconds) of a run of each task, by task key, for sizing chunks.
+_durations: dict[str, float] = {}
+
+
+class _Chunk:
+    """One Dask task executing several runs of a ``.map`` in turn."""
+
+    __slots__ = ("future", "runs")
+
+    def __init__(self, future: Any, runs: list[TaskRun]) -> None:
+        self.future = future
+        self.runs = runs
+
+
+class _Slot(NamedTuple):
+    """The handle of a run sent in a chunk: its place in the chunk's list of outcomes."""
+
+    chunk: _Chunk
+    index: int
+
+
+def _as_dependency(handle: Any) -> Any:
+    # Dask replaces the future inside the tuple by the chunk's outcomes; the worker picks its own.
+    return (handle.chunk.future, handle.index) if type(handle) is _Slot else handle
+
+
+def chunk_size(runs: int, threads: int, mean_seconds: float | None) -> int:
+    """How many of a map's ``runs`` one Dask task executes: about ``CHUNK_SECONDS`` of work,
+    ``FIRST_CHUNK`` while the duration is unknown, and never so many that fewer than
+    ``CHUNKS_PER_THREAD`` chunks per worker thread are left to spread."""
+    spread = math.ceil(runs / (max(threads, 1) * CHUNKS_PER_THREAD))
+    by_time = FIRST_CHUNK if mean_seconds is None else int(CHUNK_SECONDS / max(mean_seconds, 1e-6))
+    return max(1, min(spread, by_time))
 
 
 class DaskTaskRunner(cluster.ClusterTaskRunner):
@@ -113,20 +165,37 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
         # On the client's event loop: apply live messages; keep a record that
         # arrives ahead of its future's completion for the done callback.
         for message in driver.receive(event[1]):
-            entry = driver.tracked(message[1], message[2])
-            if entry is not None:
-                entry.final = message[3]
+            for final in message[1] if message[0] == "finals" else (message,):
+                entry = driver.tracked(final[1], final[2])
+                if entry is not None:
+                    entry.final = final[3]
 
     def _submit(self, batch: list[cluster.Outgoing]) -> list[Any]:
         # A fresh key each time: a run handed over again (after an upstream crash) is new work.
-        keys = [f"{o.run.task.name}-{new_id():032x}" for o in batch]
+        client = self._client
         if len(batch) == 1:
-            return [self._client.submit(
-                _run_on_worker, batch[0].payload, batch[0].handles, key=keys[0], pure=False
-            )]
-        return self._client.map(  # one message to the scheduler for a whole .map
-            _run_on_worker, [o.payload for o in batch], [o.handles for o in batch], key=keys, pure=False
+            o = batch[0]
+            return [client.submit(_run_on_worker, o.payload, [_as_dependency(h) for h in o.handles],
+                                  key=f"{o.run.task.name}-{new_id():032x}", pure=False)]
+        size = 1
+        if len(batch) >= 2 * CHUNKS_PER_THREAD:
+            threads = sum(client.nthreads().values())
+            size = chunk_size(len(batch), threads, _durations.get(batch[0].run.task.task_key))
+        groups = [batch[i:i + size] for i in range(0, len(batch), size)]
+        futures = client.map(  # one message to the scheduler for a whole .map
+            _run_chunk_on_worker if size > 1 else _run_on_worker,
+            [[o.payload for o in g] if size > 1 else g[0].payload for g in groups],
+            [[[_as_dependency(h) for h in o.handles] for o in g] if size > 1
+             else [_as_dependency(h) for h in g[0].handles] for g in groups],
+            key=[f"{g[0].run.task.name}-{new_id():032x}" for g in groups], pure=False,
         )
+        if size == 1:
+            return futures
+        handles: list[Any] = []
+        for group, future in zip(groups, futures):
+            chunk = _Chunk(future, [o.run for o in group])
+            handles.extend(_Slot(chunk, i) for i in range(len(group)))
+        return handles
 
     def _watch(self, outgoing: cluster.Outgoing, handle: Any) -> None:
         # Done callbacks are registered from the client's event loop, a burst of
@@ -140,36 +209,58 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
     def _register_done_callbacks(self) -> None:
         with self._unwatched_lock:
             batch, self._unwatched = self._unwatched, []
+        chunks: dict[_Chunk, list[tuple[cluster.Outgoing, _Slot]]] = {}
         for outgoing, handle in batch:
-            handle.add_done_callback(functools.partial(self._done, outgoing))
+            if type(handle) is _Slot:
+                chunks.setdefault(handle.chunk, []).append((outgoing, handle))
+            else:
+                handle.add_done_callback(functools.partial(self._done, [(outgoing, handle)]))
+        for chunk, members in chunks.items():
+            chunk.future.add_done_callback(functools.partial(self._done, members))
 
-    def _done(self, outgoing: cluster.Outgoing, future: Any) -> None:
-        """Dask's done callback (in its callback thread): end the run."""
-        run = outgoing.run
-        if future.status == "finished":
-            entry = driver.tracked(run.int_id)
+    def _done(self, members: list[tuple[cluster.Outgoing, Any]], future: Any) -> None:
+        """Dask's done callback (in its callback thread): end the runs the Dask task executed."""
+        if future.status != "finished":
+            try:
+                error = future.exception()
+            except BaseException as exc:  # cancelled, or the client is gone
+                error = exc
+            for outgoing, handle in members:
+                self.engine_failed(outgoing, error, handle)
+            return
+        outcomes: Any = None
+        for outgoing, handle in members:
+            entry = driver.tracked(outgoing.run.int_id)
             record = entry.final if entry is not None else None
             if record is None:  # the live record was lost or late: read the one the task returned
                 try:
-                    record = future.result()[0]
+                    if outcomes is None:
+                        outcomes = future.result()
+                        if type(handle) is _Slot:
+                            outcomes = pickle.loads(outcomes)
+                    record = (outcomes[handle.index] if type(handle) is _Slot else outcomes)[0]
                 except Exception as exc:
-                    self.engine_failed(outgoing, exc, future)
-                    return
-            self.finish_run(run, record, future)
-            return
-        try:
-            error = future.exception()
-        except BaseException as exc:  # cancelled, or the client is gone
-            error = exc
-        self.engine_failed(outgoing, error, future)
+                    self.engine_failed(outgoing, exc, handle)
+                    continue
+            self.finish_run(outgoing.run, record, handle)
+        if type(members[0][1]) is _Slot:
+            _measure([outgoing.run for outgoing, _ in members])
 
     def _gather(self, handles: list[Any]) -> list[bytes]:
-        return [outcome[1] for outcome in self._client.gather(handles)]
+        # A chunk's outcomes come once, however many of its runs are read.
+        futures = list(dict.fromkeys(h.chunk.future if type(h) is _Slot else h for h in handles))
+        outcomes = {f: pickle.loads(o) if type(o) is bytes else o
+                    for f, o in zip(futures, self._client.gather(futures))}
+        return [outcomes[h.chunk.future][h.index][1] if type(h) is _Slot else outcomes[h][1] for h in handles]
 
     def _stop_work(self, run: TaskRun, handle: Any) -> None:
         # A task that has not started leaves the cluster. One that executes cannot be stopped
         # (Dask does not kill worker threads): its thread ends when the code returns, and what
-        # it reports then is ignored.
+        # it reports then is ignored. A chunk goes once none of its runs needs it.
+        if type(handle) is _Slot:
+            if all(r.done for r in handle.chunk.runs):
+                handle.chunk.future.cancel()
+            return
         handle.cancel()
 
     def __repr__(self) -> str:
@@ -198,16 +289,80 @@ class _DaskChannel(worker.Channel):
     def report(self, record: Record, value: bytes | None, base: int) -> None:
         # Ahead of the task's completion, so its done callback need not fetch
         # the result; the printed lines went ahead already, on this channel.
-        worker.send_final(self, record._replace(output=None), None, base)
+        # A chunk's records go together, as it ends (_run_chunk_on_worker).
+        record = record._replace(output=None)
+        finals = getattr(_chunk, "finals", None)
+        if finals is None:
+            worker.send_final(self, record, None, base)
+        else:
+            finals.append(worker.final_message(record, None, base))
 
 
-def _run_on_worker(payload: bytes, upstream: list[tuple[bytes, bytes | None]]) -> tuple:
+_chunk = threading.local()  # .finals: the records of the runs of the chunk this thread executes
+
+
+def _measure(runs: list[TaskRun]) -> None:
+    """Fold the durations of a chunk's completed runs into their task's mean (what sizes its next chunks)."""
+    durations = [r.duration for r in runs if r.state.is_completed() and r.duration is not None]
+    if durations:
+        mean = sum(durations) / len(durations)
+        key = runs[0].task.task_key
+        known = _durations.get(key)
+        _durations[key] = mean if known is None else (known + mean) / 2
+
+
+def _picked(upstream: list[Any]) -> list[tuple[bytes, bytes | None]]:
+    # An upstream run sent in a chunk arrives as (the chunk's pickled outcomes, its index).
+    return [_chunk_outcomes(u[0])[u[1]] if type(u[1]) is int else u for u in upstream]
+
+
+_unpickled: collections.OrderedDict[int, tuple[bytes, list]] = collections.OrderedDict()
+_unpickled_lock = threading.Lock()
+
+
+def _chunk_outcomes(blob: bytes) -> list:
+    """A chunk's outcomes from its pickle, unpickled once for all the downstream runs a worker executes.
+
+    Dask hands every task on a worker the same bytes object for one chunk: a
+    few recent ones are kept, by identity (holding the bytes keeps it unique).
+    """
+    with _unpickled_lock:
+        known = _unpickled.get(id(blob))
+        if known is not None and known[0] is blob:
+            _unpickled.move_to_end(id(blob))
+            return known[1]
+    outcomes = pickle.loads(blob)
+    with _unpickled_lock:
+        _unpickled[id(blob)] = (blob, outcomes)
+        if len(_unpickled) > 8:
+            _unpickled.popitem(last=False)
+    return outcomes
+
+
+def _run_on_worker(payload: bytes, upstream: list[Any]) -> tuple:
     """The Dask task of one run: its outcome (record, value) stays on the cluster for downstream runs.
 
     Dask replaces the upstream futures by their outcomes before calling it.
     """
-    record, value = worker.run_payload(payload, upstream)
+    record, value = worker.run_payload(payload, _picked(upstream))
     return dumps(record), value
+
+
+def _run_chunk_on_worker(payloads: list[tuple], upstreams: list[list[Any]]) -> bytes:
+    """The Dask task of a chunk of mapped runs: each executes in turn; their outcomes, in order, pickled.
+
+    One pickle, because Dask ships a list of many small bytes objects a hundred
+    times slower than one bytes object. The records reach the driver in one
+    message as the chunk ends, not one per run.
+    """
+    _chunk.finals = finals = []
+    try:
+        return pickle.dumps([_run_on_worker(payload, upstream) for payload, upstream in zip(payloads, upstreams)],
+                            protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        _chunk.finals = None
+        if finals:
+            worker.send(payloads[0][8], ("finals", finals))  # the payloads' channel
 
 
 __all__ = ["DaskTaskRunner", "PrefectDaskFuture"]

@@ -45,7 +45,7 @@ from nbflow.exceptions import SerializationError
 from nbflow.records import TaskRun
 from nbflow.runners.base import TaskRunner
 from nbflow.runners.wire import driver
-from nbflow.runners.wire.payload import Payloads, Record, resumed
+from nbflow.runners.wire.payload import Payloads, Record, encode, resumed
 from nbflow.runners.wire.worker import Channel, run_payload, send_final
 from nbflow.states import State
 
@@ -89,7 +89,7 @@ class ProcessPoolTaskRunner(TaskRunner):
             if isinstance(parameters, State):
                 run.finish(parameters)
                 return
-            payload = self._payloads.build(run, parameters)
+            payload = encode(self._payloads.build(run, parameters))
             pool = _pool_for(self)
         except SerializationError as exc:
             driver.fail(run, exc)
@@ -277,7 +277,7 @@ class _Pool:
 
     def _retry(self, job: _Job) -> None:
         """Send the job's run again for its next attempt (its worker died or overran)."""
-        job.payload = resumed(job.payload, job.run)
+        job.payload = encode(resumed(job.payload, job.run))
         with self._lock:
             closed = self._closed
             if not closed:

@@ -27,7 +27,6 @@ import asyncio
 import functools
 import itertools
 import logging
-import pickle
 import queue
 import threading
 from collections.abc import Callable
@@ -195,15 +194,14 @@ def _remote_run() -> Any:
     return ray.remote(num_returns=2)(_run_on_worker)
 
 
-def _run_on_worker(payload: bytes, key: bytes | None, *upstream: bytes | None) -> tuple:
+def _run_on_worker(payload: tuple, key: bytes | None, *upstream: bytes | None) -> tuple:
     """The Ray task of one run; ``upstream`` holds each upstream run's record and value, in turn.
 
     Given its start ``key``, it marks it first; if the driver withdrew the run
     meanwhile (cancelled it before it started), it returns at once, Cancelled.
     """
     if key is not None and not _Marks.starts(key):
-        fields = pickle.loads(payload)
-        run_id, name = fields[3], fields[4]
+        run_id, name = payload[3], payload[4]
         state = S.Cancelled(message=f"Task run {name!r} was cancelled before it started.")
         return dumps(Record(run_id, (state,), 0, name, 0, None)), None
     record, value = worker.run_payload(payload, list(zip(upstream[::2], upstream[1::2])))

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nbflow import events, settings
+from nbflow.exceptions import MissingResult
 from nbflow.futures import PrefectFuture, PrefectFutureList
 from nbflow.records import FlowRun, TaskRun
 from nbflow.states import get_state_exception
@@ -509,6 +510,17 @@ def _depth(run: FlowRun) -> int:
     return depth
 
 
+def _result_summary(state: Any) -> str | None:
+    """The summary of a Completed state's value, if the value is here: reading one that stayed on
+    a cluster would fetch it (or fail once the cluster is gone), which the history never does."""
+    if getattr(state, "on_cluster", False):
+        return None
+    try:
+        return summary(state.data)
+    except MissingResult:
+        return None
+
+
 def _progress(run: TaskRun) -> tuple[int, int]:
     """How far a task run has got: ``(states entered, characters of output written)``."""
     output = run.output
@@ -849,7 +861,7 @@ class HistoryWriter:
             result = exception = trace = None
             final = last.is_final()
             if last.is_completed():
-                result = summary(last.data)
+                result = _result_summary(last)
             elif final:
                 try:
                     exc = get_state_exception(last)

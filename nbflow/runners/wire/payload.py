@@ -8,6 +8,11 @@ same engine is replaced by the outcome the engine hands the worker (its data
 never passes through the driver); any other run by its final state. So the
 NotReady and ``allow_failure`` rules are applied where the run executes.
 A worker answers with a :class:`Record` of the run and its pickled value.
+
+A payload is a tuple of fields whose task and flow run are pickled bytes
+shared by all the payloads of a runner, so an engine that pickles several
+payloads together (a chunk of mapped runs on Dask) sends them once; a runner
+whose transport takes bytes sends :func:`encode` of it.
 """
 
 from __future__ import annotations
@@ -161,7 +166,7 @@ class Payloads:
         dependencies: Sequence[tuple[TaskRun, bool]] | None = None,
         upstream: Sequence[TaskRun] = (),
         consumed: set[TaskRun] | None = None,
-    ) -> bytes:
+    ) -> tuple:
         """The payload of ``run``; ``upstream`` lists the runs whose outcomes the engine delivers.
 
         Those of them whose values the arguments use are added to ``consumed``.
@@ -174,11 +179,8 @@ class Payloads:
             arguments = _dump_arguments((parameters, deps), index, used)
         except Exception as exc:
             raise self._argument_error(run, parameters, index, exc) from exc
-        return pickle.dumps(
-            (self._task(run.task), self._flow_run(run.flow_run), arguments, run.int_id, run.name,
-             run.map_index, run.dynamic_key, run.tags, self._channel, _history(run)),
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        return (self._task(run.task), self._flow_run(run.flow_run), arguments, run.int_id, run.name,
+                run.map_index, run.dynamic_key, run.tags, self._channel, _history(run))
 
     def _task(self, task: Any) -> bytes:
         blob = self._tasks.get(task)
@@ -234,10 +236,19 @@ def _history(run: TaskRun) -> tuple[tuple[State, ...], int] | None:
     return (tuple(run.states), run.run_count) if run.run_count else None
 
 
-def resumed(payload: bytes, run: TaskRun) -> bytes:
+def encode(payload: tuple) -> bytes:
+    """A payload as bytes, for a transport that takes bytes (the worker's :func:`decode` reverses it)."""
+    return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(payload: tuple | bytes) -> tuple:
+    """A payload's fields, from the payload or from its :func:`encode` bytes."""
+    return pickle.loads(payload) if type(payload) is bytes else payload
+
+
+def resumed(payload: tuple | bytes, run: TaskRun) -> tuple:
     """``payload`` (built by :meth:`Payloads.build`) for the next attempt of ``run``, which goes on from its states so far."""
-    fields = pickle.loads(payload)
-    return pickle.dumps(fields[:-1] + (_history(run),), protocol=pickle.HIGHEST_PROTOCOL)
+    return decode(payload)[:-1] + (_history(run),)
 
 
 class Record(NamedTuple):
@@ -314,7 +325,9 @@ __all__ = [
     "FlowRunStandIn",
     "Payloads",
     "Record",
+    "decode",
     "dumps",
+    "encode",
     "finished_stand_in",
     "loading_upstream",
     "outcome_stand_in",

@@ -34,7 +34,7 @@ from nbflow import logging as run_logging
 from nbflow import states as S
 from nbflow.exceptions import SerializationError
 from nbflow.records import TaskRun
-from nbflow.runners.wire.payload import Record, dumps, loading_upstream
+from nbflow.runners.wire.payload import Record, decode, dumps, loading_upstream
 from nbflow.states import State, StateType
 
 logger = logging.getLogger("nbflow.runners")
@@ -213,7 +213,7 @@ def _prepare_worker() -> None:
 
 
 def run_payload(
-    payload: bytes, upstream: Sequence[Sequence[bytes | None]], channel: Channel | None = None
+    payload: tuple | bytes, upstream: Sequence[Sequence[bytes | None]], channel: Channel | None = None
 ) -> tuple[Record, bytes | None]:
     """Execute a payload here; return its record and its pickled value (None unless Completed).
 
@@ -223,7 +223,7 @@ def run_payload(
     """
     _prepare_worker()
     task_blob, flow_blob, arguments, run_id, name, map_index, dynamic_key, tags, sent_with, history = (
-        pickle.loads(payload))
+        decode(payload))
     channel = channel or sent_with
     base = history[1] if history is not None else 0
     try:
@@ -274,7 +274,12 @@ def send_final(channel: Channel, record: Record, value: bytes | None, base: int)
     ``base`` is the number of attempts made before the payload was sent (the driver ignores
     a record of an attempt it gave up on).
     """
-    send(channel, ("final", record.run_id, base, dumps(record), value))
+    send(channel, final_message(record, value, base))
+
+
+def final_message(record: Record, value: bytes | None, base: int) -> tuple:
+    """The message carrying a run's record (and value, if given) to the driver (see :func:`send_final`)."""
+    return ("final", record.run_id, base, dumps(record), value)
 
 
 def send(channel: Channel, message: tuple) -> None:
@@ -327,4 +332,4 @@ def _portable(run: TaskRun, exc: BaseException) -> BaseException:
         )
 
 
-__all__ = ["LIVE_INTERVAL", "Channel", "run_payload", "send", "send_final"]
+__all__ = ["LIVE_INTERVAL", "Channel", "run_payload", "final_message", "send", "send_final"]
