@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any, Callable
 
 from nbflow.annotations import BaseAnnotation, allow_failure, opaque, quote
-from nbflow.futures import PrefectFuture
+from nbflow.futures import PrefectFuture, PrefectFutureList
 from nbflow.states import State
 
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex, range})
@@ -83,8 +83,6 @@ def _walk(value: Any, leaf: Callable[[Any], Any]) -> Any:
             return t(new)
         if hasattr(value, "_fields"):  # namedtuple
             return t._make(new)
-        from nbflow.futures import PrefectFutureList
-
         return list(new) if t is PrefectFutureList else _rebuild(t, new, list)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {}
@@ -161,7 +159,21 @@ def collect(parameters: dict[str, Any], wait_for: Any = None) -> tuple[list, boo
     return deps, special
 
 
+def _all_futures(value: Any) -> bool:
+    """True for a non-empty list or tuple of futures only (a gather of a ``.map``): resolved in one pass."""
+    t = type(value)
+    if not (t is list or t is tuple or t is PrefectFutureList) or not value:
+        return False
+    for item in value:
+        if not isinstance(item, PrefectFuture):
+            return False
+    return True
+
+
 def _collect(value: Any, deps: list, allowed: bool) -> bool:
+    if _all_futures(value):
+        deps.extend([(future.task_run, allowed) for future in value])
+        return True
     found = False
 
     def leaf(v: Any) -> Any:
@@ -216,13 +228,20 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
             return state.result(raise_on_failure=False)
         return None
 
+    if _all_futures(value):
+        values = []
+        for future in value:
+            run = future.task_run
+            if run is current_run:
+                _depends_on_itself(run)
+            run.wait()
+            values.append(result_of(run.states[-1]))
+        return tuple(values) if type(value) is tuple else values
+
     def leaf(v: Any) -> Any:
         if isinstance(v, PrefectFuture):
             if v.task_run is current_run:
-                raise ValueError(
-                    f"Discovered a task depending on itself: task run {v.task_run.name!r} "
-                    "was given its own future as an argument."
-                )
+                _depends_on_itself(v.task_run)
             v.task_run.wait()
             return result_of(v.task_run.states[-1])
         if isinstance(v, State):
@@ -242,6 +261,12 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
         return _DESCEND
 
     return _walk(value, leaf)
+
+
+def _depends_on_itself(run: Any) -> None:
+    raise ValueError(
+        f"Discovered a task depending on itself: task run {run.name!r} was given its own future as an argument."
+    )
 
 
 __all__ = ["visit", "find", "dependencies", "collect", "resolve"]

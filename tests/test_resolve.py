@@ -119,3 +119,23 @@ def test_an_argument_that_fails_to_rebuild_raises_from_resolve():
     a = finished("a string")
     with pytest.raises(TypeError, match="Strict takes no strings"):
         resolve({"s": Strict(a)})
+
+
+def test_a_gather_of_many_futures_resolves_each_in_order_keeping_the_container_kind():
+    from nbflow.futures import PrefectFutureList
+
+    futures = [finished(i) for i in range(1_000)]
+    as_list, as_tuple, as_future_list = futures, tuple(futures), PrefectFutureList(futures)
+    deps, needs_resolve = collect({"xs": as_list, "ys": as_tuple, "zs": as_future_list})
+    assert needs_resolve and len(deps) == 3_000
+    assert [dep for dep, _ in deps[:3]] == [f.task_run for f in futures[:3]]
+    resolved = resolve({"xs": as_list, "ys": as_tuple, "zs": as_future_list})
+    assert resolved["xs"] == list(range(1_000)) and type(resolved["xs"]) is list
+    assert resolved["ys"] == tuple(range(1_000))
+    assert type(resolved["zs"]) is list and resolved["zs"] == list(range(1_000))
+
+
+def test_a_gather_that_holds_the_running_task_s_own_future_is_refused():
+    future = finished(1)
+    with pytest.raises(ValueError, match="depending on itself"):
+        resolve({"xs": [future, finished(2)]}, current_run=future.task_run)
