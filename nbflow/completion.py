@@ -45,21 +45,43 @@ def set_wait_hook(hook: Callable[[], Any] | None) -> None:
     _wait_hook = hook
 
 
-def _acquire_calling_hook(lock: threading.Lock, timeout: float | None, hook: Callable[[], Any]) -> bool:
-    """Acquire ``lock`` within ``timeout`` (None: no limit), calling ``hook()`` between short tries."""
+_hook_called = 0.0  # when the main thread last called the wait hook (time.monotonic)
+
+
+def wait_step(attempt: Callable[[float | None], bool], timeout: float | None) -> bool:
+    """Block in ``attempt(seconds)`` (None: no limit) until it returns True or ``timeout`` passes.
+
+    On the main thread with a wait hook set, the wait is cut into short
+    attempts with ``hook()`` called between them; it also begins with a call
+    when the last one is ``WAIT_HOOK_INTERVAL`` old, so a loop of short waits
+    (``.result()`` of a map's futures, one by one) calls it as often as one
+    long wait does.
+    """
+    global _hook_called
+    hook = _wait_hook
+    if hook is None or threading.current_thread() is not threading.main_thread():
+        return attempt(None if timeout is None else max(timeout, 0))
     deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+    due = time.monotonic() - _hook_called >= WAIT_HOOK_INTERVAL
     while True:
+        if due:
+            _hook_called = time.monotonic()
+            try:
+                hook()
+            except Exception:  # the hook serves a front end: a failure there must not break the wait
+                logging.getLogger("nbflow").exception("nbflow: the wait hook failed; it is removed")
+                set_wait_hook(None)
+                hook = _no_hook
+        due = True
         step = WAIT_HOOK_INTERVAL if deadline is None else min(WAIT_HOOK_INTERVAL, max(0.0, deadline - time.monotonic()))
-        if lock.acquire(timeout=step):
+        if attempt(step):
             return True
         if deadline is not None and time.monotonic() >= deadline:
             return False
-        try:
-            hook()
-        except Exception:  # the hook serves a front end: a failure there must not break the wait
-            logging.getLogger("nbflow").exception("nbflow: the wait hook failed; it is removed")
-            set_wait_hook(None)
-            hook = _no_hook
+
+
+def _lock_attempt(lock: threading.Lock) -> Callable[[float | None], bool]:
+    return lambda seconds: lock.acquire(timeout=-1 if seconds is None else seconds)
 
 
 def _no_hook() -> None:
@@ -156,11 +178,7 @@ class Completion:
                 self._waiters.append(lock)
         try:
             with blocking_wait():
-                hook = _wait_hook
-                if hook is not None and threading.current_thread() is threading.main_thread():
-                    finished = _acquire_calling_hook(lock, timeout, hook)
-                else:
-                    finished = lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+                finished = wait_step(_lock_attempt(lock), timeout)
         finally:
             if not self._done:
                 with self._lock:
@@ -236,6 +254,7 @@ __all__ = [
     "blocking_wait",
     "set_thread_pool",
     "set_wait_hook",
+    "wait_step",
     "wait_all_async",
     "when_all_done",
 ]

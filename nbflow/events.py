@@ -10,11 +10,13 @@ Events, by ``event.kind``:
 
 - ``"state"`` (:class:`StateEvent`): ``run`` (a TaskRun or a FlowRun) entered ``state``;
 - ``"output"`` (:class:`OutputEvent`): ``run`` printed ``text`` on ``stream`` (stdout, stderr);
-- ``"log"`` (:class:`OutputEvent`, ``stream == "log"``): ``run`` logged a record, formatted as ``text``.
+- ``"log"`` (:class:`OutputEvent`, ``stream == "log"``): ``run`` logged a record, formatted as ``text``;
+- ``"cluster"`` (:class:`ClusterEvent`): a task runner is starting, has started, is stopping or has
+  stopped the cluster engine of ``flow_run`` (a Dask cluster, Ray), so a watcher can say so and time it.
 
 ``subscribe(fn, kinds=...)`` chooses among ``"task-state"``, ``"flow-state"``
-(state events of task runs, of flow runs), ``"output"`` and ``"log"``;
-``"state"`` stands for both state kinds.
+(state events of task runs, of flow runs), ``"output"``, ``"log"`` and
+``"cluster"``; ``"state"`` stands for both state kinds.
 
 Subscribers are called in the thread where the event happens (a worker
 thread, or the driver for process and cluster runners) and must return at
@@ -34,7 +36,10 @@ if TYPE_CHECKING:
     from nbflow.states import State
 
 #: What :func:`subscribe` can choose (``"state"`` stands for the first two).
-KINDS = ("task-state", "flow-state", "output", "log")
+KINDS = ("task-state", "flow-state", "output", "log", "cluster")
+
+#: The phases of a :class:`ClusterEvent`, in order.
+CLUSTER_PHASES = ("starting", "started", "stopping", "stopped")
 
 
 class StateEvent(NamedTuple):
@@ -54,7 +59,23 @@ class OutputEvent(NamedTuple):
     text: str
 
 
-RunEvent = Union[StateEvent, OutputEvent]
+class ClusterEvent(NamedTuple):
+    """A task runner's engine changed ``phase`` (kind ``"cluster"``, one of :data:`CLUSTER_PHASES`).
+
+    ``what`` names the engine for people (``"Dask cluster"``, ``"Ray"``),
+    ``flow_run`` is the flow run the runner serves (None outside a flow) and
+    ``time`` when the phase began (``time.time()``).
+    """
+
+    kind: str
+    runner: Any
+    phase: str
+    what: str
+    flow_run: "FlowRun | None"
+    time: float
+
+
+RunEvent = Union[StateEvent, OutputEvent, ClusterEvent]
 Subscriber = Callable[[Any], Any]
 
 # One tuple of callbacks per kind, replaced on (un)subscribe: publishing takes
@@ -63,6 +84,7 @@ task_state: tuple[Subscriber, ...] = ()
 flow_state: tuple[Subscriber, ...] = ()
 output: tuple[Subscriber, ...] = ()
 log: tuple[Subscriber, ...] = ()
+cluster: tuple[Subscriber, ...] = ()
 
 _lock = threading.Lock()
 _delivering = threading.local()
@@ -98,7 +120,7 @@ def subscribe(callback: Subscriber, kinds: Iterable[str] | str | None = None) ->
     for the kinds it did not ask for. A callback that raises is reported once
     and removed.
     """
-    global task_state, flow_state, output, log
+    global task_state, flow_state, output, log, cluster
     if not callable(callback):
         raise TypeError(f"nbflow.events.subscribe() needs a callable, got {callback!r}")
     chosen = _kinds(kinds)
@@ -111,6 +133,8 @@ def subscribe(callback: Subscriber, kinds: Iterable[str] | str | None = None) ->
             output = output + (callback,)
         if "log" in chosen:
             log = log + (callback,)
+        if "cluster" in chosen:
+            cluster = cluster + (callback,)
     return Subscription(callback, chosen)
 
 
@@ -134,12 +158,13 @@ def _kinds(kinds: Iterable[str] | str | None) -> tuple[str, ...]:
 
 
 def _remove(callback: Subscriber) -> None:
-    global task_state, flow_state, output, log
+    global task_state, flow_state, output, log, cluster
     with _lock:
         task_state = tuple(s for s in task_state if s is not callback)
         flow_state = tuple(s for s in flow_state if s is not callback)
         output = tuple(s for s in output if s is not callback)
         log = tuple(s for s in log if s is not callback)
+        cluster = tuple(s for s in cluster if s is not callback)
 
 
 def publish(event: RunEvent, callbacks: tuple[Subscriber, ...]) -> None:
@@ -182,8 +207,16 @@ def publish_output(run: "TaskRun | FlowRun", stream: str, text: str) -> None:
         publish(OutputEvent("output", run, stream, text), output)
 
 
+def publish_cluster(runner: Any, phase: str, what: str, flow_run: "FlowRun | None", at: float) -> None:
+    """Publish that ``runner``'s engine ``what`` entered ``phase`` at ``at`` (see :class:`ClusterEvent`)."""
+    if cluster:
+        publish(ClusterEvent("cluster", runner, phase, what, flow_run, at), cluster)
+
+
 __all__ = [
+    "CLUSTER_PHASES",
     "KINDS",
+    "ClusterEvent",
     "StateEvent",
     "OutputEvent",
     "RunEvent",
@@ -193,5 +226,6 @@ __all__ = [
     "publish_task_state",
     "publish_flow_state",
     "publish_output",
+    "publish_cluster",
     "delivering",
 ]

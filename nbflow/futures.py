@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, Generic, Iterable, Iterator, NamedTuple, TypeVar
 
-from nbflow.completion import Countdown, blocking_wait
+from nbflow.completion import Countdown, blocking_wait, wait_step
 from nbflow.records import TaskRun
 from nbflow.states import State
 
@@ -130,7 +130,7 @@ class DoneAndNotDoneFutures(NamedTuple, Generic[R]):
 
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be None or non-negative, got {timeout}")
+        raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
 
 
 def wait(futures: Iterable[PrefectFuture[R]], timeout: float | None = None) -> DoneAndNotDoneFutures[R]:
@@ -171,17 +171,23 @@ def as_completed(
         f._run.mark_resolved()
         by_run[id(f._run)] = f
         f._run.add_done_callback(finished.put)
-    for left in range(len(unique), 0, -1):
+    got: list[Any] = []
+
+    def attempt(seconds: float | None) -> bool:
         try:
-            if finished.empty():
-                with blocking_wait():
-                    run = finished.get(
-                        timeout=None if deadline is None else max(deadline - time.monotonic(), 0)
-                    )
-            else:
-                run = finished.get()
+            got.append(finished.get(timeout=seconds))
         except queue.Empty:
-            raise TimeoutError(f"{left} (of {len(unique)}) futures unfinished") from None
+            return False
+        return True
+
+    for left in range(len(unique), 0, -1):
+        if finished.empty():
+            with blocking_wait():  # the main thread's wait calls the notebook's wait hook (a Cancel click)
+                if not wait_step(attempt, None if deadline is None else max(deadline - time.monotonic(), 0)):
+                    raise TimeoutError(f"{left} (of {len(unique)}) futures unfinished") from None
+            run = got.pop()
+        else:
+            run = finished.get()
         yield by_run[id(run)]
 
 

@@ -26,6 +26,9 @@ from nbflow.context import retry_var
 from nbflow.states import Cancelled, Crashed, Retrying, Running, State, StateType
 
 if TYPE_CHECKING:
+    import os
+    import pathlib
+
     from nbflow.flows import Flow
     from nbflow.task_runners import TaskRunner
     from nbflow.tasks import Task
@@ -464,6 +467,16 @@ class FlowRunReading(RunReading):
     def state_counts(self) -> dict[str, int]:
         """How many of this run's task runs are in each state (by state name)."""
         return dict(collections.Counter(r.states[-1].name for r in self.task_runs))
+
+    def export(self, path: str | os.PathLike[str]) -> pathlib.Path:
+        """Write the offline HTML report of this run's top-level run to ``path`` (what ``%nbflow export`` writes).
+
+        One file, no network needed to open it: header, DAG, state grids,
+        failures with their tracebacks, logs and timings. Returns the path.
+        """
+        from nbflow.report.export import export  # the report's modules load only when asked for
+
+        return export(self, path)
 
 
 class FlowRun(RunId, FlowRunReading):

@@ -189,7 +189,7 @@ def test_unknown_map_lengths_and_the_text_and_html_forms(cache_on):
     assert (plan["square"].runs, plan["square"].cached, plan.to_run) == (3, 3, 0)
     page = plan._repr_html_()
     assert "<svg" not in page and "<td>square</td><td>3</td><td>3</td><td>0</td>" in page  # no drawer: a table
-    from nbflow.notebook.dag import Dag
+    from nbflow.report.dag import Dag
 
     viz.drawer = Dag.from_trace  # what %load_ext nbflow installs
     try:

@@ -282,7 +282,7 @@ def test_without_the_dot_program_prefects_error(monkeypatch):
 
 
 def test_in_ipython_with_the_extension_the_live_views_dag_is_displayed(monkeypatch):
-    from nbflow.notebook.dag import Dag
+    from nbflow.report.dag import Dag
 
     shown = []
     monkeypatch.setattr(viz, "_ipython_running", lambda: True)

@@ -36,8 +36,8 @@ from nbflow.notebook.session import NotebookSettings, settings
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from nbflow.notebook.dag import Dag
     from nbflow.notebook.reprs import RunsTable
+    from nbflow.report.dag import Dag
     from nbflow.notebook.widget import RunView
     from nbflow.records import FlowRun
 
@@ -50,7 +50,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
     reprs.register(ipython)
     from nbflow import visualize
-    from nbflow.notebook.dag import Dag
+    from nbflow.report.dag import Dag
 
     visualize.drawer = Dag.from_trace  # Flow.visualize() / plan() draw as the live view does
     if os.environ.get("NBFLOW_PERSIST_RESULTS", "") == "":
@@ -105,8 +105,8 @@ def view(run: FlowRun | str | int | None = None) -> RunView:
 
 def dag_of(run: FlowRun | str | int | None = None) -> Dag:
     """The DAG of a flow run (``.svg()``, ``.source``, ``.save(path)``), as it is now."""
-    from nbflow.notebook.dag import Dag
-    
+    from nbflow.report.dag import Dag
+
     return Dag.from_flow_run(_run(run).root)
 
 
@@ -115,7 +115,7 @@ def export(run: Any, path: str | os.PathLike[str]) -> Path:
 
     ``run``: a flow run, a run history record, or a run name, id or flow name.
     """
-    from nbflow.notebook.export import export as write_report
+    from nbflow.report.export import export as write_report
 
     return write_report(run, path)
 
@@ -133,7 +133,7 @@ def __getattr__(name: str) -> Any:
 
         return RunView
     if name == "Dag":
-        from nbflow.notebook.dag import Dag
+        from nbflow.report.dag import Dag
 
         return Dag
     raise AttributeError(f"module 'nbflow.notebook' has no attribute {name!r}")

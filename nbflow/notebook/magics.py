@@ -441,7 +441,7 @@ class NbflowMagics(Magics):
         return self.session.view(_find_run(_one(target)))
 
     def _dag(self, args: Any, target: list[str]) -> Any:
-        from nbflow.notebook.dag import Dag
+        from nbflow.report.dag import Dag
 
         dag = Dag.from_flow_run(_find_run(_one(target)).root)
         if args.save:
@@ -498,7 +498,7 @@ class NbflowMagics(Magics):
 
     def _export(self, args: Any, target: list[str]) -> Any:
         """``%nbflow export [RUN] PATH``: write the run's offline HTML report (the last run if RUN is left out)."""
-        from nbflow.notebook.export import export
+        from nbflow.report.export import export
 
         if not 1 <= len(target) <= 2:
             raise UsageError("%nbflow export takes [RUN] PATH, e.g. %nbflow export analysis report.html")

@@ -24,7 +24,8 @@ from typing import Any
 
 from nbflow import completion
 from nbflow.notebook import output
-from nbflow.notebook.viewmodel import RunModel, Tracker
+from nbflow.notebook.viewmodel import Tracker
+from nbflow.report.model import RunModel
 from nbflow.records import FlowRun
 from nbflow.states import State, StateType
 
@@ -239,7 +240,7 @@ class NotebookSession:
         self.update: Callable[[dict, str], Any] = update or (lambda bundle, _id: self.display(bundle, raw=True))
         #: Whether a front end can show widgets (a kernel); tests may set it.
         self.widgets = getattr(shell, "kernel", None) is not None if widgets is None else widgets
-        self.tracker = Tracker(on_flow_state=self._flow_state)
+        self.tracker = Tracker(on_flow_state=self._flow_state, on_cluster=self._cluster)
         self.clock = clock or RedrawClock(settings.redraw_hz)
         self.router = output.OutputRouter(shell, fallback=self._view_output)
         self.live: dict[FlowRun, LiveRun] = {}
@@ -269,6 +270,11 @@ class NotebookSession:
             live = self.live.get(flow_run)
             if live is not None:
                 live.end()
+
+    def _cluster(self, root: FlowRun, event: Any) -> None:
+        # A runner starting its cluster comes before Running: the view shows "starting Dask cluster…".
+        if event.phase == "starting" and root not in self.live and not root.state.is_final():
+            self._started(root)
 
     def _started(self, flow_run: FlowRun) -> None:
         parent = output.current_parent(self.shell)

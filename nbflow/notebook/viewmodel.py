@@ -1,422 +1,24 @@
-"""The run view's model: task runs aggregated per task group and state, in pure Python.
+"""The notebook layer's subscriber on the event seam: it keeps the run models (:mod:`nbflow.report.model`) of recent runs.
 
-A :class:`RunModel` keeps each task run's state as one byte in its group's
-``codes`` (a group of 100,000 runs is a 100 kB bytearray) with running counts,
-the group graph and the rows a view lists first. It reads the run records on
-the view's clock -- the runs added since the last read and those not yet
-ended -- instead of reacting to every run event: even a subscriber that does
-nothing costs a trivial 10,000-task map about a fifth of its time, while
-reading the records ten times a second costs it almost nothing. The
-:class:`Tracker` subscribes to flow-run events only, which the session needs
-in the thread that runs the flow. Nothing here imports IPython or ipywidgets.
+The :class:`Tracker` subscribes to flow-run and cluster events only, which
+the session needs in the thread that runs the flow; the models read task
+runs from the records on the view's clock. Nothing here imports IPython or ipywidgets.
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
-import operator
-import os
-import reprlib
 import threading
-import traceback
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 from nbflow import events
-from nbflow.records import FlowRun, TaskRun
-from nbflow.states import State, StateType
+from nbflow.records import FlowRun
+from nbflow.report.model import RunModel
+from nbflow.states import State
 
 logger = logging.getLogger("nbflow.notebook")
-
-
-class Category(NamedTuple):
-    """How the view shows a family of states: its label, colour, and whether a run in it is over."""
-
-    code: int
-    name: str
-    colour: str
-    done: bool
-
-
-# Order matters: it is the order of the segments in a state bar and of the chips
-# in a header. A run's state is stored as its category's code.
-CATEGORIES: tuple[Category, ...] = tuple(
-    Category(i, name, colour, done)
-    for i, (name, colour, done) in enumerate(
-        (
-            ("Completed", "#3a9e4f", True),
-            ("Cached", "#8fd19e", True),
-            ("Failed", "#d9483b", True),
-            ("Crashed", "#8b1e3f", True),
-            ("Cancelled", "#8c8c8c", True),
-            ("NotReady", "#e8a33d", True),
-            ("Running", "#3778c2", False),
-            ("Scheduled", "#9cc3e6", False),
-            ("Paused", "#b8a03a", False),
-            ("Cancelling", "#bdbdbd", False),
-            ("Pending", "#dcdcdc", False),
-        )
-    )
-)
-COMPLETED, CACHED, FAILED, CRASHED, CANCELLED, NOT_READY, RUNNING, SCHEDULED, PAUSED, CANCELLING, PENDING = range(
-    len(CATEGORIES)
-)
-DONE_CODES = frozenset(c.code for c in CATEGORIES if c.done)
-
-_CODE_BY_NAME = {
-    "Completed": COMPLETED,
-    "Cached": CACHED,
-    "Failed": FAILED,
-    "TimedOut": FAILED,
-    "Crashed": CRASHED,
-    "Cancelled": CANCELLED,
-    "NotReady": NOT_READY,
-    "Running": RUNNING,
-    "Retrying": RUNNING,
-    "Scheduled": SCHEDULED,
-    "AwaitingRetry": SCHEDULED,
-    "Late": SCHEDULED,
-    "Paused": PAUSED,
-    "Cancelling": CANCELLING,
-    "Pending": PENDING,
-}
-_CODE_BY_TYPE = {
-    StateType.COMPLETED: COMPLETED,
-    StateType.FAILED: FAILED,
-    StateType.CRASHED: CRASHED,
-    StateType.CANCELLED: CANCELLED,
-    StateType.RUNNING: RUNNING,
-    StateType.SCHEDULED: SCHEDULED,
-    StateType.PAUSED: PAUSED,
-    StateType.CANCELLING: CANCELLING,
-    StateType.PENDING: PENDING,
-}
-
-# The order rows are listed in a view: what needs attention first.
-ROW_ORDER = (FAILED, CRASHED, RUNNING, NOT_READY, CANCELLED, CANCELLING, PAUSED, SCHEDULED, COMPLETED, CACHED, PENDING)
-
-
-def state_code(state: State) -> int:
-    """The category code of a state (custom state names fall back to their type)."""
-    code = _CODE_BY_NAME.get(state.name)
-    return _CODE_BY_TYPE[state.type] if code is None else code
-
-
-_TASK_OF = operator.attrgetter("task")
-
-
-def category(state: State) -> Category:
-    """The category a state is shown in."""
-    return CATEGORIES[state_code(state)]
-
-
-def counts_dict(counts: Iterable[int]) -> dict[str, int]:
-    """``{category name: count}`` for the non-zero counts, in category order."""
-    return {CATEGORIES[code].name: n for code, n in enumerate(counts) if n}
-
-
-# -- summaries of values shown in a view -----------------------------------------------
-_short = reprlib.Repr()
-_short.maxstring = 120
-_short.maxother = 120
-_short.maxlist = _short.maxtuple = _short.maxset = _short.maxdict = 8
-_short.maxlevel = 3
-
-
-def short_repr(value: Any, limit: int = 200) -> str:
-    """A bounded repr: containers show their first items, long text is cut."""
-    try:
-        text = _short.repr(value)
-    except Exception as exc:  # a broken __repr__ must not break the view
-        text = f"<{type(value).__name__} (repr failed: {type(exc).__name__})>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class ValueSummary(NamedTuple):
-    """What the view shows of a result: its type, shape or length, and a short repr."""
-
-    type: str
-    shape: str | None
-    length: int | None
-    text: str
-
-
-def summarize(value: Any) -> ValueSummary:
-    """Summarise a value without shipping it whole: type, shape (arrays, frames), len, short repr."""
-    kind = type(value)
-    type_name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__qualname__}"
-    shape = getattr(value, "shape", None)
-    shape_text = None
-    if isinstance(shape, tuple) and all(isinstance(n, int) for n in shape):
-        shape_text = "×".join(str(n) for n in shape) or "scalar"
-    length = None
-    if shape_text is None and not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
-        try:
-            length = len(value)
-        except Exception:
-            length = None
-    return ValueSummary(type_name, shape_text, length, short_repr(value))
-
-
-_NBFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def format_exception(exc: BaseException, limit: int = 6000) -> str:
-    """The traceback of an exception as text, without nbflow's own frames (the end, if long).
-
-    A task's exception re-raised by ``.result()`` carries the frames of every
-    re-raise; the user's frames are what tells the story.
-    """
-    report = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
-    mine = [frame for frame in report.stack if not frame.filename.startswith(_NBFLOW_DIR)]
-    if mine:
-        report.stack = traceback.StackSummary.from_list(mine)
-    text = "".join(report.format())
-    return text if len(text) <= limit else "…" + text[-limit:]
-
-
-def run_exception(state: State) -> BaseException | None:
-    """The exception a failed, crashed or cancelled state carries, if any."""
-    return state.data if isinstance(state.data, BaseException) else None
-
-
-# -- the per-flow-run model ----------------------------------------------------------
-class Group:
-    """The task runs of one task in a flow run (and its subflows): one DAG node, one grid."""
-
-    __slots__ = ("codes", "index", "name", "runs", "scan_limit", "scanned", "tally", "upstream")
-
-    def __init__(self, index: int, name: str) -> None:
-        self.index = index
-        self.name = name
-        self.runs: list[TaskRun] = []
-        self.codes = bytearray()  # codes[i] is the category code of runs[i]'s state
-        self.tally = [0] * len(CATEGORIES)  # runs per category code
-        self.upstream: set[int] = set()  # indices of groups this group's runs waited for
-        self.scanned = 0  # runs[:scanned] have had their upstream read
-        self.scan_limit = 0
-
-    def counts(self) -> list[int]:
-        """How many of the group's runs are in each category (by code)."""
-        return list(self.tally)
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-
-class RunModel:
-    """Aggregated state of one top-level flow run, its subflows and all their task runs.
-
-    The model reads the run records when asked (:meth:`refresh`, on the view's
-    clock): the task runs added since the last refresh, and the state of those
-    that had not ended. Nothing is done per run event, so a watched run costs
-    its tasks nothing. A refresh looks at each unfinished run's number of
-    states (a C-speed pass) and reads states only where it changed.
-    """
-
-    def __init__(self, flow_run: FlowRun) -> None:
-        self.flow_run = flow_run
-        self.groups: list[Group] = []
-        self._by_task: dict[Any, Group] = {}
-        self._by_key: dict[tuple[str, str], Group] = {}
-        # The runs that had not ended at the last refresh, how many states each had, and
-        # where each is drawn (group, index): three parallel lists.
-        self._open: list[TaskRun] = []
-        self._seen: list[int] = []
-        self._slots: list[tuple[Group, int]] = []
-        self._read: dict[FlowRun, int] = {}  # how many of a flow run's task runs were read
-        self._flow_states = 0
-        self._lock = threading.Lock()
-        #: Bumped by every refresh that found a change: a view compares it with what it drew.
-        self.changes = 0
-
-    def refresh(self) -> int:
-        """Read what changed in the records since the last refresh; return :attr:`changes`."""
-        with self._lock:
-            changed = self._read_open_runs()
-            changed = self._read_new_runs() or changed
-            if len(self.flow_run.states) != self._flow_states:
-                self._flow_states = len(self.flow_run.states)
-                changed = True
-            if changed:
-                self.changes += 1
-            return self.changes
-
-    def _read_open_runs(self) -> bool:
-        runs, seen = self._open, self._seen
-        now = [len(run.states) for run in runs]
-        if now == seen:
-            return False
-        slots, by_name = self._slots, _CODE_BY_NAME
-        still = [True] * len(runs)
-        for k in itertools.compress(range(len(now)), map(operator.ne, now, seen)):  # the hot loop
-            run = runs[k]
-            if run.done:  # read before the state: a run that is done has its final state
-                still[k] = False
-            state = run.states[-1]
-            code = by_name.get(state.name)
-            if code is None:
-                code = _CODE_BY_TYPE[state.type]
-            group, i = slots[k]
-            codes = group.codes
-            old = codes[i]
-            if code != old:
-                codes[i] = code
-                tally = group.tally
-                tally[old] -= 1
-                tally[code] += 1
-        # state counts were read before the states: a change meanwhile is seen next time
-        if False in still:
-            compress = itertools.compress
-            self._open = list(compress(runs, still))
-            self._seen = list(compress(now, still))
-            self._slots = list(compress(slots, still))
-        else:
-            self._seen = now
-        return True
-
-    def _read_new_runs(self) -> bool:
-        found = False
-        pending = [self.flow_run]
-        while pending:
-            flow_run = pending.pop()
-            pending.extend(flow_run.subflow_runs)
-            runs = flow_run.task_runs
-            start, end = self._read.get(flow_run, 0), len(runs)
-            if end > start:
-                self._add(runs[start:end])
-                self._read[flow_run] = end
-                found = True
-        return found
-
-    def _add(self, runs: list[TaskRun]) -> None:
-        # A map's runs come in long stretches of one task: each stretch is added whole.
-        for task, stretch in itertools.groupby(runs, key=_TASK_OF):
-            group = self._by_task.get(task)
-            if group is None:
-                group = self._group(task)
-            batch = list(stretch)
-            # done flags and state counts before the states: a run that is done has its final
-            # state, and one that moves on meanwhile shows a new count at the next refresh
-            done = [run.done for run in batch]
-            lengths = [len(run.states) for run in batch]
-            codes = [_CODE_BY_NAME.get(run.states[-1].name) for run in batch]
-            for i, code in enumerate(codes):
-                if code is None:  # a custom state name: its type decides
-                    codes[i] = _CODE_BY_TYPE[batch[i].states[-1].type]
-            start = len(group.codes)
-            group.runs.extend(batch)  # runs first: a reader that sees codes[i] always finds runs[i]
-            group.codes.extend(codes)
-            for code in set(codes):
-                group.tally[code] += codes.count(code)
-            if False in done:
-                for i, run in enumerate(batch):
-                    if not done[i]:
-                        self._open.append(run)
-                        self._seen.append(lengths[i])
-                        self._slots.append((group, start + i))
-
-    def _group(self, task: Any) -> Group:
-        # Bound tasks (methods) are new Task objects per access: key by name and code.
-        key = (task.name, task.task_key)
-        group = self._by_key.get(key)
-        if group is None:
-            group = Group(len(self.groups), task.name)
-            self.groups.append(group)
-            self._by_key[key] = group
-        self._by_task[task] = group
-        return group
-
-    # -- reading ------------------------------------------------------------------------
-    @property
-    def state(self) -> State:
-        """The flow run's current state."""
-        return self.flow_run.state
-
-    def task_run_count(self) -> int:
-        """How many task runs the model has read."""
-        return sum(len(g.codes) for g in list(self.groups))
-
-    def counts(self) -> list[int]:
-        """Task runs per category code, over all groups (as of the last refresh).
-
-        Runs a ``.map`` announced but has not created yet count as Pending, so
-        the total is right from the map's first run.
-        """
-        total = [0] * len(CATEGORIES)
-        for group in list(self.groups):
-            for code, n in enumerate(group.tally):
-                total[code] += n
-        total[PENDING] += self.expected_runs()
-        return total
-
-    def expected_runs(self) -> int:
-        """Task runs announced by the flow runs' maps and not created yet (see ``FlowRun.expect``)."""
-        missing, pending = 0, [self.flow_run]
-        while pending:
-            flow_run = pending.pop()
-            pending.extend(flow_run.subflow_runs)
-            expected = getattr(flow_run, "expected_runs", None)  # a history record has none
-            if expected is not None:
-                missing += expected()
-        return missing
-
-    def unfinished(self) -> list[TaskRun]:
-        """The task runs that had not ended at the last refresh."""
-        return list(self._open)
-
-    def settled(self) -> bool:
-        """True once the flow run is final and every task run has ended."""
-        return self.flow_run.state.is_final() and not self._open
-
-    def edges(self, complete: bool = False) -> set[tuple[int, int]]:
-        """``(upstream group, group)`` pairs.
-
-        A run's upstream is recorded just after the run is, so runs read since
-        the previous call are looked at on the next one; ``complete=True`` (for
-        a final picture) looks at them all.
-        """
-        by_task = self._by_task
-        found: set[tuple[int, int]] = set()
-        for group in list(self.groups):
-            limit = len(group.runs) if complete else group.scan_limit
-            for run in group.runs[group.scanned : limit]:
-                for up in run.upstream:
-                    # an upstream run is drawn as its task's node, if this flow run has one
-                    source = by_task.get(up.task)
-                    if source is not None and source is not group:
-                        group.upstream.add(source.index)
-            group.scanned = max(group.scanned, limit)
-            group.scan_limit = len(group.runs)
-            found.update((up, group.index) for up in group.upstream)
-        return found
-
-    def rows(self, limit: int) -> list[TaskRun]:
-        """Up to ``limit`` task runs, failed and running ones first (see ``ROW_ORDER``)."""
-        picked: list[TaskRun] = []
-        snapshots = [(g, bytes(g.codes)) for g in list(self.groups)]
-        for code in ROW_ORDER:
-            for group, codes in snapshots:
-                i = codes.find(code)
-                while i != -1:
-                    if len(picked) >= limit:
-                        return picked
-                    picked.append(group.runs[i])
-                    i = codes.find(code, i + 1)
-        return picked
-
-    def elapsed(self) -> float | None:
-        """Seconds the flow run has been running (so far, or in all)."""
-        return self.flow_run.duration
-
-    @classmethod
-    def of(cls, flow_run: FlowRun) -> RunModel:
-        """A model of a flow run as its records stand now."""
-        model = cls(flow_run)
-        model.refresh()
-        return model
 
 
 class Tracker:
@@ -428,17 +30,23 @@ class Tracker:
     from the records by the models, so they cost the runs nothing.
     """
 
-    def __init__(self, on_flow_state: Callable[[FlowRun, State], Any] | None = None, keep: int = 32) -> None:
+    def __init__(
+        self,
+        on_flow_state: Callable[[FlowRun, State], Any] | None = None,
+        keep: int = 32,
+        on_cluster: Callable[[FlowRun, events.ClusterEvent], Any] | None = None,
+    ) -> None:
         self.on_flow_state = on_flow_state
+        self.on_cluster = on_cluster
         self._models: collections.OrderedDict[FlowRun, RunModel] = collections.OrderedDict()
         self._keep = keep
         self._lock = threading.Lock()
         self._subscription: events.Subscription | None = None
 
     def start(self) -> None:
-        """Subscribe to nbflow's flow-run events."""
+        """Subscribe to nbflow's flow-run and cluster events."""
         if self._subscription is None:
-            self._subscription = events.subscribe(self, "flow-state")
+            self._subscription = events.subscribe(self, ("flow-state", "cluster"))
 
     def stop(self) -> None:
         """Unsubscribe."""
@@ -464,28 +72,27 @@ class Tracker:
                     del self._models[oldest]
             return model
 
-    def __call__(self, event: events.StateEvent) -> None:
-        run, state = event.run, event.state
-        if run.parent is not None or self.on_flow_state is None:
-            return
+    def __call__(self, event: events.StateEvent | events.ClusterEvent) -> None:
         try:
-            self.on_flow_state(run, state)
+            if event.kind == "cluster":
+                self._cluster(event)  # type: ignore[arg-type]
+                return
+            run, state = event.run, event.state  # type: ignore[union-attr]
+            if run.parent is None and self.on_flow_state is not None:
+                self.on_flow_state(run, state)
         except Exception:  # never let the view break a flow run
             logger.exception("nbflow notebook view: handling %r failed", event)
 
+    def _cluster(self, event: events.ClusterEvent) -> None:
+        # A cluster starts before its flow run enters Running: the view may begin here.
+        if event.flow_run is None:
+            return
+        root = event.flow_run.root
+        if self.on_cluster is not None:
+            self.on_cluster(root, event)
+        model = self.model(root)
+        if model is not None:
+            model.note_cluster(event)
 
-__all__ = [
-    "CATEGORIES",
-    "Category",
-    "Group",
-    "RunModel",
-    "Tracker",
-    "ValueSummary",
-    "category",
-    "counts_dict",
-    "format_exception",
-    "run_exception",
-    "short_repr",
-    "state_code",
-    "summarize",
-]
+
+__all__ = ["Tracker"]

@@ -30,9 +30,9 @@ from typing import Any, Protocol
 import anywidget
 import traitlets
 
-from nbflow.notebook import reprs
-from nbflow.notebook.dag import Dag
-from nbflow.notebook.viewmodel import (
+from nbflow.report import html as reprs
+from nbflow.report.dag import Dag
+from nbflow.report.model import (
     CANCELLED,
     CATEGORIES,
     CRASHED,
@@ -108,7 +108,8 @@ class RunView(anywidget.AnyWidget):
     """The live view of one flow run: header and progress, Cancel/Retry, DAG, state grid, runs, details.
 
     Synced traits: ``header`` and ``dag`` (HTML and SVG, escaped), ``groups``
-    (per task: ``name``, ``count``, ``counts``), ``cancel`` (``"ready"``,
+    (per task group: ``name``, ``count``, ``counts``, and ``flow``, the name of
+    the subflow it belongs to, None for the run's own tasks), ``cancel`` (``"ready"``,
     ``"cancelling"`` or ``"hidden"`` once the run ended), ``retry``
     (``"hidden"``, ``"offered"``, ``"retrying"``), ``retry_ref`` (the retry's
     own view), ``output`` (task output the kernel could not route to the
@@ -143,6 +144,7 @@ class RunView(anywidget.AnyWidget):
         self._counts: list[int] = [0] * len(CATEGORIES)
         self._pending_output: list[list[str]] = []
         self._retry_view: RunView | None = None
+        self._expanded: set[int] = set()  # subflows drawn open in the DAG
         self._ready: list[Callable[[], Any]] = []  # called once a front end has drawn the view
         self.rendered = False
         super().__init__(**kwargs)
@@ -189,9 +191,7 @@ class RunView(anywidget.AnyWidget):
             done = model.flow_run.state.is_final()
             with self.hold_sync():  # the traits that changed go in one message
                 self.header = reprs.header_html(model, counts)
-                self.groups = [
-                    {"name": g.name, "count": len(g.codes), "counts": counts_dict(g.counts())} for g in list(model.groups)
-                ]
+                self.groups = [self._group_summary(g) for g in list(model.groups)]
                 self._draw_dag(final)
                 if self._pending_output:
                     pending, self._pending_output = self._pending_output, []
@@ -205,9 +205,28 @@ class RunView(anywidget.AnyWidget):
                     self.finished = True
             self._send_codes(full=False)
 
+    def _group_summary(self, group: Any) -> dict[str, Any]:
+        # a subflow's group names its flow; the grid shows it only when its node is picked
+        flow = None if group.flow is None else self.model.subflows[group.flow].flow_run.flow_name
+        return {"name": group.name, "count": len(group.codes), "counts": counts_dict(group.counts()), "flow": flow}
+
+    def expand(self, flow: int, expanded: bool = True) -> None:
+        """Draw subflow ``flow``'s own tasks in the DAG (``expanded=False``: one node again)."""
+        with self._lock:
+            if expanded:
+                self._expanded.add(flow)
+            else:
+                self._expanded.discard(flow)
+            self._draw_dag(self.model.settled())
+
+    @property
+    def expanded(self) -> frozenset[int]:
+        """The subflows whose tasks the DAG draws."""
+        return frozenset(self._expanded)
+
     def _draw_dag(self, final: bool) -> None:
         try:
-            svg = Dag.from_model(self.model, complete=final).svg()
+            svg = Dag.from_model(self.model, complete=final, expanded=self._expanded).svg()
         except Exception as exc:  # the rest of the view goes on without its picture
             logger.exception("nbflow run view: drawing the DAG failed")
             svg = f'<div style="color:#6a6a6a">The graph could not be drawn: {reprs.esc(repr(exc))}</div>'
@@ -240,7 +259,7 @@ class RunView(anywidget.AnyWidget):
             self.send(reply)
 
     def answer(self, request: dict) -> dict | None:
-        """Answer one front-end request (``sync``, ``hover``, ``details``, ``list``, ``cancel``, ``retry``, ``ready``)."""
+        """Answer one front-end request (``sync``, ``hover``, ``details``, ``list``, ``expand``, ``cancel``, ``retry``, ``ready``)."""
         kind = request.get("type")
         if kind == "sync":  # a view was drawn: it needs the whole grid
             with self._lock:
@@ -254,6 +273,9 @@ class RunView(anywidget.AnyWidget):
             return None
         if kind == "retry":
             self.retry()
+            return None
+        if kind == "expand":
+            self.expand(int(request.get("flow", -1)), bool(request.get("open", True)))
             return None
         if kind == "list":
             return self.list_rows(
@@ -284,10 +306,11 @@ class RunView(anywidget.AnyWidget):
     ) -> dict[str, Any]:
         """One page of the run list: failed and running first, filtered by state name, group, name or map index.
 
+        Without ``group``, the flow run's own task runs (a subflow's are listed when its group is picked).
         Returns ``{"type": "list", "total", "offset", "rows": [[group, index, name, map index, state], ...]}``.
         """
         wanted = ROW_ORDER if state is None else (_CODE_OF_NAME.get(state, -1),)
-        groups = [g for g in list(self.model.groups) if group is None or g.index == group]
+        groups = self.model.groups_of() if group is None else [g for g in list(self.model.groups) if g.index == group]
         snapshots = [(g, bytes(g.codes)) for g in groups]
         picked: list[tuple[Any, int]] = []
         for code in wanted:

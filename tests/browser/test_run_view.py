@@ -137,6 +137,37 @@ def test_cancel_button_cancels_an_in_flight_run(lab):
     assert took < 8, f"the run went on for {took:.1f}s after Cancel; samples: {samples[-3:]}"
 
 
+PLAIN_CANCEL_SETUP = CANCEL_SETUP + """
+from nbflow import flow
+
+@flow(name="analysis")
+def analysis(n: int) -> int:
+    return len(slow_tick.map(range(n)).result())
+"""
+
+
+def test_cancel_on_a_plain_flow_call_ends_it_cancelled_and_the_final_view_has_no_cancel(lab):
+    """A plain call (no %%flow) blocks the main thread: the click comes through the wait hook's message pump."""
+    lab.write_notebook("plain-cancel.ipynb", [PLAIN_CANCEL_SETUP, "analysis(10000)"])
+    lab.open_notebook("plain-cancel.ipynb")
+    lab.run_all()
+
+    lab.watch_view(1, "v.state === 'Running' && v.done >= 20", timeout=30)
+    clicked_at = time.monotonic()
+    lab.view(1).locator(lab.sel.cancel).click()
+    lab.watch_view(1, ENDED, timeout=30)
+    took = time.monotonic() - clicked_at
+    lab.wait_cells_done(timeout=30)
+
+    final = lab.read_view(1)
+    assert final["state"] == "Cancelled", final
+    assert 20 <= final["counts"].get("Completed", 0) < 10_000, final
+    # 10,000 x 20 ms on the default workers is far longer than this: the run stopped soon after the click
+    assert took < 8, f"the run went on for {took:.1f}s after Cancel"
+    assert lab.view(1).locator(lab.sel.cancel).filter(visible=True).count() == 0  # a finished view: no Cancel
+    lab.screenshot(lab.view(1), "plain-cancel-finished.png")
+
+
 # A 200-item map with failures at map indexes 7 and 107, and a reduce: the instrument's click-through.
 CLICK_SETUP = """\
 %load_ext nbflow
@@ -157,7 +188,7 @@ def analysis(n: int) -> None:
     clean.map(load.map(range(n))).wait()
 """
 CLICK_RUN = "analysis(200)"
-PITCH, COLUMNS = 14, 42  # nbflow/notebook/grid.py layout() of 200 runs: 12 px squares, 2 px gaps
+PITCH, COLUMNS = 14, 42  # nbflow/report/grid.py layout() of 200 runs: 12 px squares, 2 px gaps
 
 
 def _cell_point(canvas, index: int) -> tuple[float, float]:

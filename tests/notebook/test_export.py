@@ -1,4 +1,4 @@
-"""The offline HTML report of a flow run: nbflow.notebook.export and %nbflow export."""
+"""The offline HTML report of a flow run: run.export, nbflow.report.export and %nbflow export."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import nbflow
 from nbflow import flow, task
-from nbflow.notebook import export
+from nbflow.report.export import export
 from nbflow.runs import last_flow_run
 
 EVIL = "<script>alert(1)</script>"
@@ -116,3 +116,43 @@ def test_nbflow_export_magic_writes_the_report(ipython, comms, tmp_path, capsys)
         assert (tmp_path / "last.html").exists()
     finally:
         ipython.run_line_magic("unload_ext", "nbflow")
+
+
+def _without_date(text: str) -> str:
+    return text[: text.index('<p class="muted">Written by nbflow on')]
+
+
+def test_run_export_writes_the_magics_report_from_a_live_record_and_a_history_record(tmp_path):
+    from nbflow.store import history as store
+
+    writer = store.start(prune_seconds=0)
+    analysis(10)
+    run = last_flow_run()
+    path = run.export(tmp_path / "live.html")
+    assert path == tmp_path / "live.html"
+    text = path.read_text(encoding="utf-8")
+    assert _without_date(text) == _without_date(export(run, tmp_path / "same.html").read_text(encoding="utf-8"))
+    assert "ValueError: bad item 7" in text and 'data-done="20" data-total="20"' in text
+    writer.flush()
+    record = nbflow.history.flow_run(run.name)
+    assert not isinstance(record, type(run))
+    past = record.export(tmp_path / "past.html").read_text(encoding="utf-8")
+    assert "report-me" in past and "ValueError: bad item 7" in past and "<h2>Timings</h2>" in past
+    assert _parsed(past).scripts == 0
+
+
+def test_a_report_draws_subflows_open_with_their_own_grids(tmp_path):
+    @flow(name="inner-part")
+    def inner() -> None:
+        clean.map(range(8, 11)).wait()
+
+    @flow(name="outer-part")
+    def outer() -> None:
+        load.map(range(2)).wait()
+        inner()
+
+    outer()
+    text = last_flow_run().export(tmp_path / "nested.html").read_text(encoding="utf-8")
+    assert "▾ inner-part" in text and 'data-expanded="true"' in text  # the subflow's node, drawn open
+    assert "inner-part › clean" in text  # its task runs in a grid of their own
+    assert 'data-done="2" data-total="2"' in text  # the header counts the run's own task runs

@@ -8,10 +8,10 @@ import zlib
 import pytest
 
 from nbflow import flow, task
-from nbflow.notebook import dag as dag_module
-from nbflow.notebook.dag import Dag, DagNode
-from nbflow.notebook.grid import GAP, grid_png, layout
-from nbflow.notebook.viewmodel import CATEGORIES, COMPLETED, FAILED, PENDING, RUNNING
+from nbflow.report import dag as dag_module
+from nbflow.report.dag import Dag, DagNode
+from nbflow.report.grid import GAP, grid_png, layout
+from nbflow.report.model import CATEGORIES, COMPLETED, FAILED, PENDING, RUNNING
 
 EVIL = "<script>alert(1)</script>"
 
@@ -80,6 +80,32 @@ def test_a_mapped_task_is_one_node_labelled_with_its_count():
     svg = dag.svg()
     assert "square x1000" in svg
     assert svg.count('class="nbflow-node"') == 2
+
+
+def test_a_subflow_is_a_node_of_its_own_whose_tasks_show_when_expanded():
+    @flow(name="inner")
+    def inner() -> int:
+        return evil.submit(square.map(range(5))).result()
+
+    @flow
+    def outer() -> int:
+        return square.submit(inner()).result()
+
+    outer()
+    from nbflow.report.model import RunModel
+    from nbflow.runs import last_flow_run
+
+    model = RunModel.of(last_flow_run())
+    collapsed = Dag.from_model(model, complete=True)
+    assert [(n.id, n.label) for n in collapsed.nodes] == [(0, "square"), ("f0", "▸ inner")]
+    assert collapsed.nodes[1].runs == 6 and collapsed.edges == []
+    expanded = Dag.from_model(model, complete=True, expanded={0})
+    assert [(n.id, n.label) for n in expanded.nodes] == [(0, "square"), (1, "square x5"), (2, EVIL), ("f0", "▾ inner")]
+    assert expanded.edges == [(1, 2), ("f0", 1)]  # the open subflow leads to its first task
+    for backend in ("pygraphviz", "python"):
+        svg = Dag(expanded.nodes, expanded.edges, backend=backend).svg()
+        assert svg.count('class="nbflow-node"') == 3 and svg.count("nbflow-subflow") == 1
+    assert "f0 -> g1;" in expanded.source and "dashed" in expanded.source
 
 
 def test_every_label_is_escaped_in_svg_and_dot():

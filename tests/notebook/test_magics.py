@@ -324,7 +324,7 @@ def test_a_background_flow_cell_returns_at_once_and_wait_gives_its_outcome(ip, g
 
 def test_loading_the_extension_makes_visualize_draw_as_the_live_view(ipython):
     import nbflow.visualize as viz
-    from nbflow.notebook.dag import Dag
+    from nbflow.report.dag import Dag
 
     ipython.run_line_magic("load_ext", "nbflow")
     try:

@@ -148,7 +148,7 @@ def test_tracebacks_name_cells_as_ipython_does_and_hide_nbflow_frames():
 
 
 def test_the_progress_bar_has_a_segment_per_ended_state_failures_their_own():
-    from nbflow.notebook.viewmodel import CATEGORIES, COMPLETED, FAILED, RUNNING
+    from nbflow.report.model import CATEGORIES, COMPLETED, FAILED, RUNNING
 
     counts = [0] * len(CATEGORIES)
     counts[COMPLETED], counts[FAILED], counts[RUNNING] = 89, 1, 10

@@ -8,8 +8,9 @@ import pytest
 
 from nbflow import flow, task
 from nbflow import states as S
-from nbflow.notebook import viewmodel as vm
-from nbflow.notebook.viewmodel import RunModel, Tracker
+from nbflow.notebook.viewmodel import Tracker
+from nbflow.report import model as vm
+from nbflow.report.model import RunModel
 from nbflow.runs import last_flow_run
 
 
@@ -114,20 +115,48 @@ def test_rows_list_failed_then_running_then_the_rest(tracked, gate):
     assert refreshed(tracked[0]).rows(2) == tracked[0].rows(10)[:2]
 
 
-def test_subflow_task_runs_count_in_the_parent_model(tracked):
+def test_a_subflow_keeps_its_own_groups_and_the_counts_are_the_parents_own(tracked):
     @flow
-    def child() -> int:
-        return square.submit(3).result()
+    def child(n: int) -> int:
+        return sum(square.map(range(n)).result())
 
     @flow
     def parent() -> int:
-        return child() + square.submit(1).result()
+        total = sum(square.map(range(20)).result())
+        return total + child(200)
 
-    assert parent() == 10
+    parent()
     model = refreshed(tracked[0])
     assert model.flow_run.flow_name == "parent"
-    assert vm.counts_dict(model.counts()) == {"Completed": 2}
-    assert [g.name for g in model.groups] == ["square"]
+    assert [(g.name, len(g), g.flow) for g in model.groups] == [("square", 20, None), ("square", 200, 0)]
+    assert [(s.flow_run.flow_name, s.parent) for s in model.subflows] == [("child", None)]
+    assert vm.counts_dict(model.counts()) == {"Completed": 20}  # as `%nbflow runs` counts it
+    assert model.task_run_count() == 20 == len(model.flow_run.task_runs)
+    assert vm.counts_dict(model.flow_counts(0)) == {"Completed": 200}
+    assert [g.name for g in model.groups_of(0)] == ["square"]
+    assert len(model.rows(1000)) == 20
+
+
+def test_nested_subflows_are_counted_in_their_parents_node(tracked):
+    @flow
+    def leaf() -> int:
+        return square.submit(2).result()
+
+    @flow
+    def middle() -> int:
+        return leaf() + add.submit(1, 1).result()
+
+    @flow
+    def top() -> int:
+        return middle()
+
+    assert top() == 6
+    model = refreshed(tracked[0])
+    assert [(s.flow_run.flow_name, s.parent) for s in model.subflows] == [("middle", None), ("leaf", 0)]
+    assert model.counts() == [0] * len(vm.CATEGORIES) and model.children() == model.subflows[:1]
+    assert vm.counts_dict(model.flow_counts(0)) == {"Completed": 2}  # its add and leaf's square
+    assert vm.counts_dict(model.flow_counts(1)) == {"Completed": 1}
+    assert [g.name for g in model.groups_of(0, deep=True)] == ["add", "square"]
 
 
 def test_refresh_reads_only_what_changed():
@@ -200,7 +229,7 @@ def test_tracebacks_start_outside_nbflow(tracked):
 
 def test_a_map_counts_in_the_total_from_its_first_run():
     from nbflow.notebook import reprs
-    from nbflow.notebook.viewmodel import PENDING, RunModel
+    from nbflow.report.model import PENDING, RunModel
     from nbflow.runs import last_flow_run
 
     seen: list[tuple[int, int, str]] = []

@@ -53,3 +53,36 @@ def test_a_timed_wait_ends_on_time_and_a_failing_hook_is_removed():
 
 def test_there_is_no_hook_by_default():
     assert completion._wait_hook is None
+
+
+def test_short_waits_in_a_row_call_the_hook_once_its_interval_has_passed(monkeypatch):
+    """Each of a map's futures may end within the interval: the hook must not wait for a wait to last."""
+    calls: list[int] = []
+    completion.set_wait_hook(lambda: calls.append(1))
+    try:
+        monkeypatch.setattr(completion, "_hook_called", 0.0)  # the last call is long ago
+        assert completion.wait_step(lambda seconds: True, None)  # a wait whose run ends at once
+        assert calls == [1]
+        assert completion.wait_step(lambda seconds: True, None)  # the hook ran a moment ago
+        assert calls == [1]
+    finally:
+        completion.set_wait_hook(None)
+
+
+def test_as_completed_on_the_main_thread_calls_the_hook(hook):
+    """``PrefectFutureList.result()`` waits through as_completed: a Cancel click must reach the kernel then."""
+    from nbflow import flow, task
+
+    calls, done = hook
+
+    @task
+    def waits_for_the_hook(i: int) -> int:
+        assert done.wait(timeout=30)  # ended by the third hook call
+        return 1
+
+    @flow
+    def mapped() -> list[int]:
+        return waits_for_the_hook.map(range(2)).result()
+
+    assert mapped() == [1, 1]
+    assert calls[:3] == ["MainThread"] * 3

@@ -7,13 +7,13 @@ import time
 
 from nbflow import flow, task
 from nbflow.notebook.session import NotebookSession
-from nbflow.notebook.viewmodel import (
+from nbflow.notebook.viewmodel import Tracker
+from nbflow.report.model import (
     CATEGORIES,
     COMPLETED,
     FAILED,
     RUNNING,
     RunModel,
-    Tracker,
 )
 from nbflow.notebook.widget import WIDGET_MIME, RedrawClock, RunView, changed_range
 from nbflow.runs import TaskRun, last_flow_run
@@ -110,13 +110,40 @@ def test_traits_carry_the_pictures_and_group_summaries_escaped(comms):
     assert view.finished and view.state == "Completed"
     assert view.counts == {"Completed": 20, "Failed": 1} and view.task_run_count == 21 and view.progress == 1.0
     assert view.groups == [
-        {"name": "square", "count": 20, "counts": {"Completed": 20}},
-        {"name": EVIL, "count": 1, "counts": {"Failed": 1}},
+        {"name": "square", "count": 20, "counts": {"Completed": 20}, "flow": None},
+        {"name": EVIL, "count": 1, "counts": {"Failed": 1}, "flow": None},
     ]
     assert "square x20" in view.dag and 'data-group="1"' in view.dag and "<script>" not in view.dag
     assert 'data-state="Failed"' in view.header and "<script>" not in view.header
     assert view.categories[FAILED] == [CATEGORIES[FAILED].name, CATEGORIES[FAILED].colour]
     assert view.view_id == view.model_id
+
+
+@flow
+def child(n: int) -> int:
+    return sum(square.map(range(n)).result())
+
+
+@flow
+def parent() -> int:
+    return sum(square.map(range(20)).result()) + child(200)
+
+
+def test_a_subflow_is_one_dag_node_that_expands_and_its_runs_stay_its_own(comms):
+    view = finished_view(parent)
+    assert view.counts == {"Completed": 20} and view.task_run_count == 20
+    assert [(g["name"], g["count"], g["flow"]) for g in view.groups] == [("square", 20, None), ("square", 200, "child")]
+    assert "square x20" in view.dag and "square x200" not in view.dag and "square x220" not in view.dag
+    assert 'data-flow="0" data-expanded="false"' in view.dag and "▸ child" in view.dag
+    assert view.list_rows(limit=1000)["total"] == 20  # the run's own task runs
+    assert view.list_rows(group=1)["total"] == 200  # a subflow's group, once its node is picked
+    assert view.answer({"type": "hover", "group": 1, "index": 5})["map_index"] == 5
+    view.answer({"type": "expand", "flow": 0, "open": True})
+    assert view.expanded == {0}
+    assert "▾ child" in view.dag and "square x200" in view.dag and 'data-group="1"' in view.dag
+    assert view.counts == {"Completed": 20}  # counts and grid stay the shown run's
+    view.answer({"type": "expand", "flow": 0, "open": False})
+    assert "square x200" not in view.dag and view.expanded == frozenset()
 
 
 def test_the_list_filters_by_state_task_name_and_map_index_with_no_row_limit(comms):
@@ -401,7 +428,7 @@ def test_view_of_a_huge_group_sends_one_byte_per_run(comms):
         TaskRun(square, flow_run, {"x": i}, map_index=i).finish(Completed())
     view = RunView(RunModel(flow_run))
     view.redraw(final=True)
-    assert view.groups == [{"name": "square", "count": 100_001, "counts": {"Completed": 100_001}}]
+    assert view.groups == [{"name": "square", "count": 100_001, "counts": {"Completed": 100_001}, "flow": None}]
     comms.clear()
     view.answer({"type": "sync"})
     ((content, buffers),) = codes_messages(comms)

@@ -46,7 +46,7 @@ function h(tag, attrs = {}, ...children) {
   return node;
 }
 
-// The same layout as nbflow/notebook/grid.py: big squares for few runs, 1 px for very many.
+// The same layout as nbflow/report/grid.py: big squares for few runs, 1 px for very many.
 function gridLayout(n, maxWidth = 600, targetHeight = 160) {
   if (n <= 0) return { columns: 1, square: 12, gap: 2, pitch: 14 };
   let pitch = Math.floor(Math.sqrt((maxWidth * targetHeight) / n)) || 1;
@@ -119,6 +119,16 @@ function mount(model, el, host) {
       node.classList.toggle("nbflow-selected", g === state.group);
       node.addEventListener("click", () => filterGroup(state.group === g ? null : g));
     }
+    // a subflow is one node: a click draws its own tasks (or folds them back)
+    for (const node of dag.querySelectorAll(".nbflow-subflow[data-flow]")) {
+      const f = parseInt(node.getAttribute("data-flow"), 10);
+      const open = node.getAttribute("data-expanded") !== "true";
+      node.addEventListener("click", () => send({ type: "expand", flow: f, open }));
+    }
+  }
+
+  function groupTitle(info) {
+    return info.flow ? `${info.flow} › ${info.name}` : info.name;
   }
 
   function drawOutput() {
@@ -152,9 +162,10 @@ function mount(model, el, host) {
         return `<span data-state="${name}" data-count="${n}" style="white-space:nowrap"><span style="color:${colour}">&#9632;</span> ${name} ${n.toLocaleString("en-US")}</span>`;
       }).join(" &middot; ");
       entry.caption.innerHTML = "";
-      entry.caption.append(h("code", { text: info.name }));
+      entry.caption.append(h("code", { text: groupTitle(info) }));
       entry.caption.insertAdjacentHTML("beforeend", ` <span class="nbflow-muted">x${info.count.toLocaleString("en-US")}</span> &middot; ${counts}`);
-      entry.box.style.display = state.group === null || state.group === g ? "" : "none";
+      // the grid is the run's own: a subflow's group shows once its DAG node is picked
+      entry.box.style.display = (state.group === null ? !info.flow : state.group === g) ? "" : "none";
     });
   }
 
@@ -241,7 +252,8 @@ function mount(model, el, host) {
     if (key === state.hoverKey) return;
     state.hoverKey = key;
     const stateName = categories[codes.get(g)[i]][0];
-    tip.textContent = `${model.get("groups")[g]?.name ?? ""} [${i}] · ${stateName}`;
+    const info = model.get("groups")[g];
+    tip.textContent = `${info ? groupTitle(info) : ""} [${i}] · ${stateName}`;
     send({ type: "hover", group: g, index: i, seq: ++state.seq });
   }
 
@@ -302,7 +314,7 @@ function mount(model, el, host) {
     state.offset = 0;
     const groups = model.get("groups");
     chip.style.display = g === null ? "none" : "";
-    chip.textContent = g === null ? "" : `task: ${groups[g]?.name ?? g} ✕`;
+    chip.textContent = g === null ? "" : `task: ${groups[g] ? groupTitle(groups[g]) : g} ✕`;
     drawDag();
     drawGroups();
     refreshList(true);

@@ -1,4 +1,4 @@
-"""A flow run as one offline HTML report: ``export(run, "report.html")`` and ``%nbflow export``.
+"""A flow run as one offline HTML report: ``run.export("report.html")``, ``%nbflow export RUN report.html``.
 
 The file holds everything inline -- CSS in a ``<style>``, the DAG as inline
 SVG, the state grids as PNG data URIs -- and makes no request: it opens from
@@ -6,7 +6,7 @@ a mail attachment, an archive or a machine with no network. It shows the
 header (state, progress, counts), the run's facts, the DAG, the per-task
 grids, timings per task and the slowest runs, every failure with its
 traceback, and the tail of what runs printed and logged. Everything shown is
-escaped (see :mod:`nbflow.notebook.reprs`). It reads the live records of this
+escaped (see :mod:`nbflow.report.html`). It reads the live records of this
 process or a run history record alike.
 """
 
@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nbflow.notebook import reprs
-from nbflow.notebook.dag import Dag
-from nbflow.notebook.grid import grid_png
-from nbflow.notebook.reprs import esc
-from nbflow.notebook.viewmodel import (
+from nbflow.report import html as reprs
+from nbflow.report.dag import Dag
+from nbflow.report.grid import grid_png
+from nbflow.report.html import esc
+from nbflow.report.model import (
     CRASHED,
     FAILED,
     RunModel,
@@ -97,7 +97,7 @@ def _timings(model: RunModel, slowest: int = 10) -> str:
         pairs = [(d, run) for run in group.runs if (d := run.duration) is not None]
         timed.extend(pairs)
         durations = [d for d, _ in pairs]
-        cells = [f"<code>{esc(group.name)}</code>", f"{len(group.runs):,}"]
+        cells = [f"<code>{esc(model.group_title(group))}</code>", f"{len(group.runs):,}"]
         if durations:
             cells += [reprs.duration_text(sum(durations)), reprs.duration_text(statistics.median(durations)),
                       reprs.duration_text(max(durations))]
@@ -157,14 +157,16 @@ def report_html(run: Any) -> str:
     """The whole offline report of a flow run (see the module docstring), as one HTML document."""
     flow_run = _resolve(run)
     model = RunModel.of(flow_run)
-    grids = [(g.name, g.counts(), grid_png(g.codes)) for g in list(model.groups)]
+    grids = [(model.group_title(g), g.counts(), grid_png(g.codes)) for g in list(model.groups)]
+    every_subflow = range(len(model.subflows))  # a report draws every subflow open
     title = f"nbflow report: {flow_run.flow_name} {flow_run.name}"
     sections = [
         f"<h1>{esc(title)}</h1>",
         reprs.header_html(model),
         _facts(flow_run),
         "<h2>Graph</h2>",
-        Dag.from_model(model, complete=True).svg() if model.groups else '<p class="muted">No task runs.</p>',
+        Dag.from_model(model, complete=True, expanded=every_subflow).svg()
+        if model.groups or model.subflows else '<p class="muted">No task runs.</p>',
         "<h2>Task runs</h2>",
         reprs.grids_html(grids),
         "<h2>Timings</h2>",
@@ -187,7 +189,8 @@ def export(run: Any, path: str | Path) -> Path:
     ``run`` is a flow run record (``nbflow.runs``), a run history record
     (``nbflow.history``), or a run name, id (prefix) or flow name looked up
     in this process's runs and then in the run history. Its top-level run is
-    reported, subflows included.
+    reported, each subflow as a node of the DAG drawn open, its task runs in
+    grids of their own.
     """
     target = Path(path).expanduser()
     text = report_html(run)

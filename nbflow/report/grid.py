@@ -14,7 +14,7 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from nbflow.notebook.viewmodel import CATEGORIES
+from nbflow.report.model import CATEGORIES
 
 GAP = len(CATEGORIES)  # palette index of the (transparent) space between squares
 _PALETTE = b"".join(bytes.fromhex(c.colour[1:]) for c in CATEGORIES) + b"\xff\xff\xff"

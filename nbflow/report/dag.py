@@ -2,7 +2,9 @@
 
 One node per task: every run of a task -- a ``.map`` of 100,000 runs, or a
 ``.submit`` in a loop -- is one node labelled ``name xN`` with a bar of its
-runs' states, so a huge fan-out draws as fast as a ten-node flow.
+runs' states, so a huge fan-out draws as fast as a ten-node flow. A subflow
+run is one node of its own (``▸ flow``, a bar of all its task runs); expanded,
+it stays as a header node and its own tasks (and subflows) are drawn after it.
 
 Graphviz only places the nodes and routes the edges; nbflow paints the
 picture itself from that layout. So the layout is computed once per graph
@@ -22,11 +24,11 @@ import logging
 import math
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
-from nbflow.notebook.viewmodel import (
+from nbflow.report.model import (
     CACHED,
     CATEGORIES,
     COMPLETED,
@@ -37,10 +39,11 @@ from nbflow.notebook.viewmodel import (
     RUNNING,
     RunModel,
     counts_dict,
+    state_code,
 )
 from nbflow.visualize import trace_groups
 
-logger = logging.getLogger("nbflow.notebook")
+logger = logging.getLogger("nbflow.report")
 
 NODE_HEIGHT = 40
 _CHAR = 7.0  # px per character of a 12 px sans-serif label, generously
@@ -51,18 +54,36 @@ _COUNT_ROOM = len(" x1000000")
 _MARGIN = 8
 
 
-class DagNode(NamedTuple):
-    """One task: its node id, name, how many runs it has, and how many are in each state category."""
+#: A node's id: a task group's index, or ``"f<k>"`` for subflow ``k`` of a run model.
+NodeId = Union[int, str]
 
-    id: int
+
+def flow_node_id(flow: int) -> str:
+    """The node id of subflow ``flow`` (its index in ``RunModel.subflows``)."""
+    return f"f{flow}"
+
+
+class DagNode(NamedTuple):
+    """One task (or subflow run): node id, name, how many runs it has, how many are in each state category.
+
+    A subflow's node has ``flow`` (its index in the run model), its runs are
+    all its task runs, and ``expanded`` says whether its tasks are drawn.
+    """
+
+    id: NodeId
     name: str
     runs: int
     counts: tuple[int, ...]
+    flow: int | None = None
+    expanded: bool = False
+    colour: str | None = None  # overrides the colour the counts give (a subflow that failed)
 
     @property
     def label(self) -> str:
-        """``name`` (shortened if long), with `` xN`` when the task ran more than once."""
+        """``name`` (shortened if long), with `` xN`` when the task ran more than once; ``▸``/``▾`` for a subflow."""
         name = self.name if len(self.name) <= _MAX_NAME else self.name[: _MAX_NAME - 1] + "…"
+        if self.flow is not None:
+            return f"{'▾' if self.expanded else '▸'} {name}"
         return name if self.runs <= 1 else f"{name} x{self.runs}"
 
     @property
@@ -77,11 +98,20 @@ class Layout(NamedTuple):
 
     width: float
     height: float
-    boxes: dict[int, tuple[float, float, float, float]]  # node index -> x, y, w, h
-    edges: list[tuple[int, int, list[tuple[float, float]]]]  # cubic Bezier chain per edge
+    boxes: dict[NodeId, tuple[float, float, float, float]]  # node id -> x, y, w, h
+    edges: list[tuple[NodeId, NodeId, list[tuple[float, float]]]]  # cubic Bezier chain per edge
 
 
-Shape = tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]
+Shape = tuple[tuple[tuple[NodeId, int], ...], tuple[tuple[NodeId, NodeId], ...]]
+
+
+def _dot_name(node: NodeId) -> str:
+    return f"g{node}" if isinstance(node, int) else node
+
+
+def _edge_order(edge: tuple[NodeId, NodeId]) -> tuple:
+    # task groups (ints) before subflows ("f<k>"), each in their own order
+    return tuple((isinstance(n, str), n if isinstance(n, int) else 0, str(n)) for n in edge)
 
 
 # -- layout backends --------------------------------------------------------------------
@@ -92,8 +122,8 @@ def _layout_dot(shape: Shape) -> str:
         "graph [rankdir=LR, nodesep=0.25, ranksep=0.45, margin=0];",
         'node [shape=box, fixedsize=true, label=""];',
     ]
-    lines += [f"g{i} [width={w / 72:.4f}, height={NODE_HEIGHT / 72:.4f}];" for i, w in nodes]
-    lines += [f"g{a} -> g{b};" for a, b in edges]
+    lines += [f"{_dot_name(i)} [width={w / 72:.4f}, height={NODE_HEIGHT / 72:.4f}];" for i, w in nodes]
+    lines += [f"{_dot_name(a)} -> {_dot_name(b)};" for a, b in edges]
     lines.append("}")
     return "\n".join(lines)
 
@@ -110,13 +140,14 @@ def _plain_dot_program(dot: str) -> str:
     return graphviz.pipe("dot", "plain", dot.encode()).decode()
 
 
-def _from_plain(text: str) -> Layout:
-    """Read graphviz's ``plain`` output (inches, origin bottom left) into a Layout."""
+def _from_plain(text: str, shape: Shape) -> Layout:
+    """Read graphviz's ``plain`` output (inches, origin bottom left) into a Layout of ``shape``'s nodes."""
     scale = 72.0
     height = 0.0
     width = 0.0
-    boxes: dict[int, tuple[float, float, float, float]] = {}
-    edges: list[tuple[int, int, list[tuple[float, float]]]] = []
+    ids = {_dot_name(i): i for i, _ in shape[0]}
+    boxes: dict[NodeId, tuple[float, float, float, float]] = {}
+    edges: list[tuple[NodeId, NodeId, list[tuple[float, float]]]] = []
 
     def point(x: str, y: str) -> tuple[float, float]:
         return (float(x) * scale + _MARGIN, height - float(y) * scale + _MARGIN)
@@ -130,12 +161,12 @@ def _from_plain(text: str) -> Layout:
         elif parts[0] == "node":
             cx, cy = point(parts[2], parts[3])
             w, h = float(parts[4]) * scale, float(parts[5]) * scale
-            boxes[int(parts[1][1:])] = (cx - w / 2, cy - h / 2, w, h)
+            boxes[ids[parts[1]]] = (cx - w / 2, cy - h / 2, w, h)
         elif parts[0] == "edge":
             n = int(parts[3])
             coords = parts[4 : 4 + 2 * n]
             pts = [point(coords[i], coords[i + 1]) for i in range(0, len(coords), 2)]
-            edges.append((int(parts[1][1:]), int(parts[2][1:]), pts))
+            edges.append((ids[parts[1]], ids[parts[2]], pts))
     return Layout(width + 2 * _MARGIN, height + 2 * _MARGIN, boxes, edges)
 
 
@@ -143,12 +174,12 @@ def _layout_python(shape: Shape) -> Layout:
     """Layered left-to-right layout: a node's column is its longest path from a source."""
     nodes, edges = shape
     widths = dict(nodes)
-    preds: dict[int, list[int]] = collections.defaultdict(list)
+    preds: dict[NodeId, list[NodeId]] = collections.defaultdict(list)
     for a, b in edges:
         preds[b].append(a)
-    rank: dict[int, int] = {}
+    rank: dict[NodeId, int] = {}
 
-    def rank_of(i: int, visiting: frozenset[int]) -> int:
+    def rank_of(i: NodeId, visiting: frozenset[NodeId]) -> int:
         if i not in rank:
             ups = [rank_of(p, visiting | {i}) for p in preds[i] if p not in visiting]
             rank[i] = 1 + max(ups) if ups else 0
@@ -156,19 +187,19 @@ def _layout_python(shape: Shape) -> Layout:
 
     for i in widths:
         rank_of(i, frozenset())
-    columns: dict[int, list[int]] = collections.defaultdict(list)
+    columns: dict[int, list[NodeId]] = collections.defaultdict(list)
     for i in widths:
         columns[rank[i]].append(i)
     gap_x, gap_y = 36, 14
     tallest = max(len(c) for c in columns.values()) if columns else 0
-    boxes: dict[int, tuple[float, float, float, float]] = {}
-    order: dict[int, float] = {}
+    boxes: dict[NodeId, tuple[float, float, float, float]] = {}
+    order: dict[NodeId, float] = {}
     x = float(_MARGIN)
     for r in sorted(columns):
         # Order a column by where its nodes' inputs are, to keep edges short.
         column = sorted(
             columns[r],
-            key=lambda i: (sum(order[p] for p in preds[i] if p in order) / max(1, len(preds[i])), i),
+            key=lambda i: (sum(order[p] for p in preds[i] if p in order) / max(1, len(preds[i])), *_edge_order((i,))),
         )
         offset = (tallest - len(column)) * (NODE_HEIGHT + gap_y) / 2
         for k, i in enumerate(column):
@@ -196,8 +227,8 @@ def _have_dot_program() -> bool:
 
 
 BACKENDS: dict[str, tuple[Callable[[], bool], Callable[[Shape], Layout]]] = {
-    "pygraphviz": (_have_pygraphviz, lambda shape: _from_plain(_plain_pygraphviz(_layout_dot(shape)))),
-    "dot": (_have_dot_program, lambda shape: _from_plain(_plain_dot_program(_layout_dot(shape)))),
+    "pygraphviz": (_have_pygraphviz, lambda shape: _from_plain(_plain_pygraphviz(_layout_dot(shape)), shape)),
+    "dot": (_have_dot_program, lambda shape: _from_plain(_plain_dot_program(_layout_dot(shape)), shape)),
     "python": (lambda: True, _layout_python),
 }
 
@@ -251,6 +282,10 @@ def _bar_widths(counts: tuple[int, ...], width: float) -> list[float]:
     return widths
 
 
+def _colour(node: DagNode) -> str:
+    return node.colour or node_colour(node.counts)
+
+
 def node_colour(counts: tuple[int, ...]) -> str:
     """The colour that sums a node up: failed, running, all completed, or waiting."""
     if counts[FAILED] or counts[CRASHED]:
@@ -288,11 +323,20 @@ def paint(lay: Layout, nodes: list[DagNode]) -> str:
             continue
         x, y, w, h = box
         name = html.escape(node.name)
-        tip = ", ".join(f"{k} {v}" for k, v in counts_dict(node.counts).items())
-        out.append(f'<g class="nbflow-node" data-group="{node.id}" style="cursor:pointer"><title>{name}: {node.runs} run(s) ({html.escape(tip)})</title>')
+        tip = html.escape(", ".join(f"{k} {v}" for k, v in counts_dict(node.counts).items()))
+        if node.flow is None:
+            out.append(f'<g class="nbflow-node" data-group="{node.id}" style="cursor:pointer"><title>{name}: {node.runs} run(s) ({tip})</title>')
+            dash = ""
+        else:
+            action = "collapse" if node.expanded else "expand"
+            out.append(
+                f'<g class="nbflow-node nbflow-subflow" data-flow="{node.flow}" data-expanded="{str(node.expanded).lower()}" '
+                f'style="cursor:pointer"><title>subflow {name}: {node.runs} task run(s) ({tip}); click to {action}</title>'
+            )
+            dash = ' stroke-dasharray="5,3"'
         out.append(
             f'<rect x="{_num(x)}" y="{_num(y)}" width="{_num(w)}" height="{_num(h)}" rx="5" '
-            f'fill="#fff" stroke="{node_colour(node.counts)}" stroke-width="1.5"/>'
+            f'fill="#fff" stroke="{_colour(node)}" stroke-width="1.5"{dash}/>'
         )
         out.append(f'<text x="{_num(x + _PAD)}" y="{_num(y + 17)}" fill="#222">{html.escape(node.label)}</text>')
         bx, by = x + _PAD, y + h - _PAD - _BAR
@@ -329,19 +373,66 @@ class Dag:
     format graphviz renders, chosen by the path's suffix.
     """
 
-    def __init__(self, nodes: list[DagNode], edges: set[tuple[int, int]] | list[tuple[int, int]], title: str = "", backend: str | None = None) -> None:
+    def __init__(
+        self,
+        nodes: list[DagNode],
+        edges: set[tuple[NodeId, NodeId]] | list[tuple[NodeId, NodeId]],
+        title: str = "",
+        backend: str | None = None,
+    ) -> None:
         self.nodes = list(nodes)
-        self.edges = sorted(set(edges))
+        self.edges = sorted(set(edges), key=_edge_order)
         self.title = title
         self.backend = backend
 
     @classmethod
-    def from_model(cls, model: RunModel, complete: bool = False, backend: str | None = None) -> Dag:
-        """The DAG of a run model as it is now (``complete`` reads every run's upstream)."""
-        edges = model.edges(complete=complete)
-        nodes = [DagNode(g.index, g.name, len(g.codes), tuple(g.counts())) for g in list(model.groups)]
-        known = {n.id for n in nodes}
-        return cls(nodes, {(a, b) for a, b in edges if a in known and b in known}, model.flow_run.flow_name, backend)
+    def from_model(
+        cls, model: RunModel, complete: bool = False, backend: str | None = None, expanded: Collection[int] = ()
+    ) -> Dag:
+        """The DAG of a run model as it is now (``complete`` reads every run's upstream).
+
+        The model's own tasks are nodes; each subflow it called is one node,
+        and those in ``expanded`` (subflow indices) also draw their own tasks
+        and subflows, after their node. An edge into or out of a collapsed
+        subflow's tasks is drawn to its node.
+        """
+        subflows = list(model.subflows)
+        # Where each flow's runs are drawn: its own nodes if it is shown open, else its
+        # nearest collapsed subflow node. Parents come before their subflows.
+        drawn_as: dict[int | None, NodeId | None] = {None: None}  # None: drawn open
+        for sub in subflows:
+            outer = drawn_as[sub.parent]
+            if outer is not None:  # inside a collapsed subflow
+                drawn_as[sub.index] = outer
+            elif sub.index in expanded:
+                drawn_as[sub.index] = None
+            else:
+                drawn_as[sub.index] = flow_node_id(sub.index)
+        shown = {flow for flow, where in drawn_as.items() if where is None}
+        nodes: list[DagNode] = []
+        for group in list(model.groups):
+            if group.flow in shown:
+                nodes.append(DagNode(group.index, group.name, len(group.codes), tuple(group.counts())))
+        for sub in subflows:
+            if sub.parent in shown:
+                counts = tuple(model.flow_counts(sub.index))
+                state = sub.flow_run.states[-1]
+                colour = CATEGORIES[state_code(state)].colour if state_code(state) in (FAILED, CRASHED) else None
+                nodes.append(DagNode(flow_node_id(sub.index), sub.flow_run.flow_name, sum(counts), counts,
+                                     flow=sub.index, expanded=sub.index in shown, colour=colour))
+
+        def node_of(group: int) -> NodeId:
+            flow = model.groups[group].flow
+            return group if flow in shown else drawn_as[flow]  # type: ignore[return-value]
+
+        edges = {(node_of(a), node_of(b)) for a, b in model.edges(complete=complete)}
+        # an open subflow's node leads to its tasks and subflows that wait for nothing in it
+        entered = {b for _, b in edges}
+        for node in nodes:
+            owner = model.groups[node.id].flow if node.flow is None else model.subflows[node.flow].parent
+            if owner is not None and node.id not in entered:
+                edges.add((flow_node_id(owner), node.id))
+        return cls(nodes, {(a, b) for a, b in edges if a != b}, model.flow_run.flow_name, backend)
 
     @classmethod
     def from_flow_run(cls, flow_run: Any, backend: str | None = None) -> Dag:
@@ -386,8 +477,9 @@ class Dag:
             '  node [shape=box, style=rounded, fontname="Helvetica", fontsize=11];',
         ]
         for node in self.nodes:
-            lines.append(f'  g{node.id} [label=<{_html_label(node)}>, color="{node_colour(node.counts)}"];')
-        lines += [f"  g{a} -> g{b};" for a, b in self.edges]
+            style = ", style=\"rounded,dashed\"" if node.flow is not None else ""
+            lines.append(f'  {_dot_name(node.id)} [label=<{_html_label(node)}>, color="{_colour(node)}"{style}];')
+        lines += [f"  {_dot_name(a)} -> {_dot_name(b)};" for a, b in self.edges]
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -449,4 +541,4 @@ def _html_label(node: DagNode) -> str:
     )
 
 
-__all__ = ["BACKENDS", "Dag", "DagNode", "Layout", "layout", "node_colour", "paint"]
+__all__ = ["BACKENDS", "Dag", "DagNode", "Layout", "NodeId", "flow_node_id", "layout", "node_colour", "paint"]
