@@ -352,7 +352,7 @@ def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeou
     if ok:  # returned states decide the outcome, as in Prefect (see states.return_value_to_state)
         return S.return_value_to_state(value)
     if isinstance(value, DeadlineExceeded):
-        exc = timeout_error(f"{what} exceeded its timeout of {timeout} seconds.")
+        exc = timeout_error(f"{what} exceeded timeout of {timeout} second(s).")
         return S.TimedOut(message=str(exc), data=exc)
     if isinstance(value, CancelSignal):
         return S.Cancelled(message=f"{what} was cancelled while running.", data=None)
@@ -490,6 +490,9 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
                 entry = cache.open_entry(task, run, parameters, policy, persist)
             if entry is not None and entry.cached is not None:
                 entry.close(None)
+                attempt = run.start_attempt()  # a cached run passes through Running too, as in Prefect
+                if task.on_running_hooks:
+                    yield (HOOKS, task.on_running_hooks, task, run, attempt)
                 yield (HOOKS, task.on_completion_hooks, task, run, entry.cached)
                 return entry.cached
         args, kwargs = task.call_arguments(parameters)
@@ -604,6 +607,24 @@ def run_here(run: TaskRun) -> State:
     return context.run(_run_claimed, run, context)
 
 
+def run_apart(run: TaskRun) -> State:
+    """:func:`run_here` for an inline call, in a thread of its own while this one waits; its final state.
+
+    An inline call with a deadline off the main thread runs so (no SIGALRM
+    there to cut a blocked call short): like a dispatched run's, a call that
+    is blocked in C at its deadline is abandoned, and the caller goes on with
+    the run ended TimedOut on time.
+    """
+    if not run.claim():
+        return run.state
+    context = contextvars.copy_context()
+    threading.Thread(
+        target=context.run, args=(_run_claimed, run, context), name=f"nbflow-inline-{run.name}", daemon=True
+    ).start()
+    run.wait()
+    return run.state
+
+
 def _run_claimed(run: TaskRun, context: contextvars.Context | None) -> State:
     try:
         try:
@@ -684,6 +705,7 @@ __all__ = [
     "resolve_inputs",
     "retry_delay",
     "run_coroutine",
+    "run_apart",
     "run_here",
     "run_here_async",
     "should_retry",

@@ -74,6 +74,11 @@ class ClusterEvent(NamedTuple):
     flow_run: "FlowRun | None"
     time: float
 
+    @property
+    def run(self) -> "FlowRun | None":
+        """The flow run the runner serves: every event has a ``run`` (a subscriber to all kinds reads it)."""
+        return self.flow_run
+
 
 RunEvent = Union[StateEvent, OutputEvent, ClusterEvent]
 Subscriber = Callable[[Any], Any]
@@ -115,7 +120,7 @@ class Subscription:
 def subscribe(callback: Subscriber, kinds: Iterable[str] | str | None = None) -> Subscription:
     """Call ``callback(event)`` for every event of the given kinds from now on (all kinds by default).
 
-    ``kinds`` is a subset of ``("task-state", "flow-state", "output", "log")``,
+    ``kinds`` is a subset of ``("task-state", "flow-state", "output", "log", "cluster")``,
     or ``"state"`` for both state kinds. A subscriber costs the runs nothing
     for the kinds it did not ask for. A callback that raises is reported once
     and removed.

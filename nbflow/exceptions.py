@@ -15,6 +15,14 @@ class UnfinishedRun(PrefectException):
     """
 
 
+class PausedRun(PrefectException):
+    """The result of a paused run was asked for; ``state`` is the Paused state."""
+
+    def __init__(self, *args: object, state: object = None) -> None:
+        super().__init__(*args)
+        self.state = state
+
+
 class CancelledRun(PrefectException):
     """The result of a cancelled run was asked for."""
 

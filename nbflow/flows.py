@@ -317,7 +317,7 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
             on_deadline = None
             if flow.timeout_seconds is not None:  # off the main thread, waits in the body end when its runs do
                 on_deadline = functools.partial(
-                    _cancel_unfinished, flow_run, f"{what} exceeded its timeout of {flow.timeout_seconds} seconds", True
+                    _cancel_unfinished, flow_run, f"{what} exceeded timeout of {flow.timeout_seconds} second(s)", True
                 )
             try:
                 ok, value = yield (engine.CALL, flow.fn, args, kwargs, flow.timeout_seconds, None, on_deadline)

@@ -327,7 +327,8 @@ def get_run_logger(**extra: Any) -> logging.LoggerAdapter:
         flow_run = current_flow_run()
         if flow_run is None:
             raise MissingContextError(
-                "get_run_logger() was called outside a flow or task run. Call it inside a "
+                "There is no active flow or task run context: get_run_logger() was called "
+                "outside a flow or task run. Call it inside a "
                 "function decorated with @flow or @task, or use logging.getLogger(...) here."
             )
         adapter = _adapter(flow_run_logger, flow_run)

@@ -97,8 +97,8 @@ class OptionTable:
             name = sorted(unknown)[0]
             known = [o.name for o in self.options if not (with_options and o.keep == "fixed")]
             close = difflib.get_close_matches(name, known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"{where} got an unexpected keyword argument {name!r}.{hint}")
+            hint = f". Did you mean {close[0]!r}?" if close else ""  # as Python words it
+            raise TypeError(f"{where} got an unexpected keyword argument {name!r}{hint}")
 
     def apply(self, owner: Any, options: Mapping[str, Any], where: str) -> None:
         """Check ``options`` and set every option's attribute on ``owner`` (defaults for those not given).
@@ -301,6 +301,14 @@ def _retry_condition(value: Any, owner: Any, given: Mapping[str, Any]) -> Any:
     return value
 
 
+def _asset_deps(value: Any, owner: Any, given: Mapping[str, Any]) -> list[Any]:
+    if not value:
+        return []
+    from nbflow.assets import as_assets  # pydantic: imported only by tasks that name assets
+
+    return as_assets(value)
+
+
 TASK_OPTIONS = OptionTable(
     Option("name", check=_task_name, keep="falsy"),
     Option("description", check=_description, keep="falsy"),
@@ -327,8 +335,8 @@ TASK_OPTIONS = OptionTable(
     Option("on_running", check=_hooks("on_running", "task"), attr="on_running_hooks", keep="falsy"),
     Option("retry_condition_fn", check=_retry_condition, keep="falsy"),
     Option("viz_return_value", keep="falsy"),
-    # Prefect 3.9 records assets for its server's lineage graph; nbflow keeps the list as given.
-    Option("asset_deps", check=lambda value, owner, given: list(value) if value else [], keep="falsy"),
+    # Prefect 3.9 records assets for its server's lineage graph; nbflow checks and keeps them.
+    Option("asset_deps", check=_asset_deps, keep="falsy"),
 )
 
 

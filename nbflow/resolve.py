@@ -245,7 +245,8 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
             v.task_run.wait()
             return result_of(v.task_run.states[-1])
         if isinstance(v, State):
-            return result_of(v)
+            # A state given as it is: a Completed one made by hand with no data raises MissingResult, as in Prefect.
+            return v.result() if v.is_completed() else result_of(v)
         if isinstance(v, BaseAnnotation):
             if isinstance(v, quote):
                 return v.value

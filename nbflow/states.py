@@ -15,7 +15,7 @@ import types
 from typing import Any, Generic, TypeVar
 
 from nbflow.annotations import BaseAnnotation
-from nbflow.exceptions import CancelledRun, CrashedRun, FailedRun, UnfinishedRun
+from nbflow.exceptions import CancelledRun, CrashedRun, FailedRun, MissingResult, PausedRun, UnfinishedRun
 
 R = TypeVar("R")
 
@@ -147,12 +147,23 @@ class State(Generic[R]):
         """The run's value; for a failed, crashed or cancelled run its exception.
 
         The exception is raised, or with ``raise_on_failure=False`` the state's
-        data is returned (the exception itself when the data is None). A run
-        that has not ended raises :class:`~nbflow.exceptions.UnfinishedRun`.
+        data is returned (the exception itself when the data is None). As in
+        Prefect, a run that has not ended raises
+        :class:`~nbflow.exceptions.UnfinishedRun`, a paused one
+        :class:`~nbflow.exceptions.PausedRun`, and a Completed state made by
+        hand without data (``Completed()``) :class:`~nbflow.exceptions.MissingResult`.
         """
         t = self.type
+        if t is StateType.PAUSED:  # not an end: a paused run has no result (raise_on_failure aside)
+            raise PausedRun("Run is paused, its result is not available.", state=self)
         if t is StateType.COMPLETED:
-            return self.data
+            data = self.data
+            if data is None and self._run_id is None:  # a run that returned None has its run id
+                raise MissingResult(
+                    "State data is missing: this Completed state holds no result. It was made "
+                    "without data (pass data=... to Completed), or read back from the run history."
+                )
+            return data
         if t not in TERMINAL_STATES:
             detail = f" {self.message}" if self.message else ""
             raise UnfinishedRun(f"Run is in {t.value} state, its result is not available.{detail}")
@@ -164,15 +175,13 @@ class State(Generic[R]):
         """A copy with some fields changed (``name``, ``message``, ``data``)."""
         fields = dict(type=self.type, name=self.name, message=self.message, data=self.data)
         fields.update(changes)
-        return State(**fields)
+        copy = State(**fields)
+        copy._run_id = self._run_id  # still a run's state: a run that returned None has the result None
+        return copy
 
     def __repr__(self) -> str:
-        parts = [f"message={self.message!r}", f"type={self.type.value}"]
-        if isinstance(self.data, BaseException):
-            parts.append(f"exception={self.data!r}")
-        elif self.type is StateType.COMPLETED or self.data is not None:
-            parts.append(f"result={_short_repr(self.data)}")
-        return f"{self.name}({', '.join(parts)})"
+        """Prefect's form: ``Name(message=..., type=TYPE, result=...)``, a long result shortened."""
+        return f"{self.name}(message={self.message!r}, type={self.type.value}, result={_short_repr(self.data)})"
 
     def __str__(self) -> str:
         """Prefect's short form for logs: ``Name('message', type=TYPE)``, the type only when the name differs."""

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import inspect
 import string
+import threading
 from collections.abc import Callable, Iterable
 from contextvars import copy_context
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -25,6 +26,7 @@ from nbflow.records import NOTHING, TaskRun
 from nbflow.resolve import dependencies
 from nbflow.signature import CallSignature, render_run_name
 from nbflow.states import State
+from nbflow.timeouts import MAIN_THREAD
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -164,14 +166,18 @@ class Task(MethodDescriptor, Generic[P, R]):
 
         self._check_runnable()
         parameters = self.signature.bind(args, kwargs)
-        run = self.create_run(parameters, wait_for, inline=True)
         if self.isasync:
-            return self._call_async(run, return_state)
+            return self._call_async(parameters, wait_for, return_state)
+        run = self.create_run(parameters, wait_for, inline=True)
+        if self.timeout_seconds is not None and threading.get_ident() != MAIN_THREAD:
+            return _inline_outcome(run, engine.run_apart(run), return_state)  # a blocked call can be abandoned
         return _inline_outcome(run, engine.run_here(run), return_state)
 
-    async def _call_async(self, run: TaskRun, return_state: bool) -> Any:
+    async def _call_async(self, parameters: dict[str, Any], wait_for: Iterable[Any] | None, return_state: bool) -> Any:
         from nbflow import engine
 
+        # The run is created once the coroutine runs: one never awaited leaves no run for its flow to wait on.
+        run = self.create_run(parameters, wait_for, inline=True)
         return _inline_outcome(run, await engine.run_here_async(run), return_state)
 
     def submit(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
@@ -212,6 +218,29 @@ class Task(MethodDescriptor, Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r})"
+
+
+class MaterializingTask(Task[P, R]):
+    """A task that materializes assets (made by :func:`nbflow.assets.materialize`).
+
+    ``assets`` (strings become :class:`~nbflow.assets.Asset`) and
+    ``materialized_by`` (the tool, e.g. "dbt") are kept as Prefect keeps them.
+    """
+
+    def __init__(
+        self, fn: Callable[P, R], *, assets: Iterable[Any], materialized_by: str | None = None, **options: Any
+    ) -> None:
+        from nbflow.assets import as_assets
+
+        super().__init__(fn, **options)
+        self.assets = as_assets(assets)
+        self.materialized_by = materialized_by
+
+    def with_options(self, assets: Iterable[Any] | None = None, **options: Any) -> MaterializingTask[P, R]:
+        """:meth:`Task.with_options`, and ``assets`` (None keeps the current ones); ``materialized_by`` is kept."""
+        merged = TASK_OPTIONS.merge(self, options, "MaterializingTask.with_options()")
+        merged.update(assets=self.assets if assets is None else assets, materialized_by=self.materialized_by)
+        return self._copy_with(merged)
 
 
 def _inline_outcome(run: TaskRun, state: State, return_state: bool) -> Any:
@@ -308,4 +337,4 @@ def task_input_hash(context: Any, arguments: dict[str, Any]) -> str | None:
     return hashlib.sha256(payload).hexdigest()
 
 
-__all__ = ["Task", "task", "task_input_hash"]
+__all__ = ["MaterializingTask", "Task", "task", "task_input_hash"]

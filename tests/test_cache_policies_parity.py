@@ -205,6 +205,21 @@ def test_completion_hooks_see_the_cached_state():
     assert seen == ["Completed", "Cached"]
 
 
+def test_a_cached_run_passes_through_running_its_running_hooks_are_called_and_run_count_is_1():
+    # Prefect 3.9.1: on_running is called (state Running, run_count 1) before the cache is read.
+    seen = []
+
+    def note(kind):
+        return lambda t, r, s: seen.append((kind, s.name, r.run_count))
+
+    @task(cache_policy=INPUTS, on_running=[note("running")], on_completion=[note("done")])
+    def hooked(x):
+        return x
+
+    assert states_of(hooked, (32,), (32,)) == ["Completed", "Cached"]
+    assert seen == [("running", "Running", 1), ("done", "Completed", 1), ("running", "Running", 1), ("done", "Cached", 1)]
+
+
 def test_a_cache_key_fn_that_returns_none_never_caches():
     calls = []
 

@@ -33,7 +33,7 @@ def test_a_local_dask_cluster_publishes_its_start_and_stop_around_the_flow_runs_
     assert order == ["Pending", "starting", "started", "Running", "stopping", "stopped", "Completed"]
     got = [e for e in seen if e.kind == "cluster"]
     assert {e.what for e in got} == {"Dask cluster"}
-    assert all(e.flow_run is run and isinstance(e.runner, DaskTaskRunner) for e in got)
+    assert all(e.flow_run is run and e.run is run and isinstance(e.runner, DaskTaskRunner) for e in got)
     times = [e.time for e in got]
     assert times == sorted(times)
     assert run.states[0].timestamp_seconds <= times[0] <= times[1] <= run.start_time <= times[2]

@@ -186,7 +186,7 @@ def test_a_ray_run_past_its_deadline_is_cancelled_there_and_retried(ray_session,
     assert count == 2 and [s.name for s in run.states] == [
         "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"
     ]
-    assert "exceeded its timeout of 0.5 seconds" in run.states[2].message
+    assert "exceeded timeout of 0.5 second(s)" in run.states[2].message
     with pytest.raises(ray_exceptions().TaskCancelledError):
         ray_session.get(handles[0][0], timeout=SAFETY)  # the first attempt was cancelled (its worker killed)
 
@@ -223,7 +223,7 @@ def test_a_dask_run_past_its_deadline_ends_on_time_and_is_retried():
     assert count == 2 and first_still_blocked  # the retry did not wait for the blocked attempt
     assert downstream == (2, True)  # handed over again with the retried run's value
     assert [s.name for s in run.states] == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
-    assert "exceeded its timeout of 0.5 seconds" in run.states[2].message
+    assert "exceeded timeout of 0.5 second(s)" in run.states[2].message
 
 
 # -- where they differ ------------------------------------------------------------------------------

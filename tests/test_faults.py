@@ -262,6 +262,51 @@ def test_a_task_blocked_in_sleep_ends_timed_out_on_time_and_its_future_resolves(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("in_flow", [True, False], ids=["in a flow", "outside a flow"])
+def test_an_inline_call_blocked_in_c_off_the_main_thread_ends_timed_out_on_time(gate, in_flow):
+    # A flow run in a worker thread, or a %%flow cell's thread: no SIGALRM there.
+    @task(timeout_seconds=0.3, retries=1)
+    def stuck():
+        gate.wait()  # blocked in C until the test opens the gate
+        return "late"
+
+    @flow
+    def f():
+        return {"state": stuck(return_state=True)}  # a dict: the flow does not take the state as its own
+
+    out = {}
+
+    def body():
+        state = f()["state"] if in_flow else stuck(return_state=True)
+        out.update(state=state, gate_was_open=gate.is_open())
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(SAFETY)
+    assert out["gate_was_open"] is False  # it returned while its call was still blocked
+    assert out["state"].name == "TimedOut"
+    assert isinstance(out["state"].result(raise_on_failure=False), TaskRunTimeoutError)
+
+
+@pytest.mark.timeout(30)
+def test_an_inline_call_with_a_timeout_off_the_main_thread_keeps_its_context_and_result():
+    @task(timeout_seconds=5)
+    def quick(x):
+        return x + 1, nbflow.runtime.task_run.name, nbflow.runtime.flow_run.name
+
+    @flow(flow_run_name="outer")
+    def f():
+        return quick(1)
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(value=f()))
+    thread.start()
+    thread.join(SAFETY)
+    value, run_name, flow_name = out["value"]
+    assert value == 2 and run_name.startswith("quick-") and flow_name == "outer"
+
+
+@pytest.mark.timeout(30)
 def test_with_one_worker_the_next_run_starts_while_the_stuck_one_still_sleeps(counter):
     timed_out = threading.Event()
 

@@ -225,7 +225,7 @@ def test_a_run_stopped_while_it_executes_has_its_worker_killed_and_replaced(stop
     if timeout is None:
         assert run.state.is_cancelled() and "was cancelled while running" in run.state.message
     else:
-        assert run.state.name == "TimedOut" and "exceeded its timeout of 0.5 seconds" in run.state.message
+        assert run.state.name == "TimedOut" and "exceeded timeout of 0.5 second(s)" in run.state.message
         with pytest.raises(TaskRunTimeoutError):
             run.state.result()
     assert [s.name for s in run.states][:2] == ["Pending", "Running"]
@@ -258,7 +258,7 @@ def test_a_run_past_its_deadline_is_retried_after_its_worker_was_killed(tmp_path
     (count, pid), run = f()
     assert count == 2 and run.run_count == 2 and pid != _read_pid(pid_file)
     assert [s.name for s in run.states] == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
-    assert "exceeded its timeout of 0.5 seconds" in run.states[2].message
+    assert "exceeded timeout of 0.5 second(s)" in run.states[2].message
 
 
 def test_a_run_whose_worker_dies_is_retried_and_its_record_shows_it_ran(tmp_path):

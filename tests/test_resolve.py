@@ -139,3 +139,11 @@ def test_a_gather_that_holds_the_running_task_s_own_future_is_refused():
     future = finished(1)
     with pytest.raises(ValueError, match="depending on itself"):
         resolve({"xs": [future, finished(2)]}, current_run=future.task_run)
+
+
+def test_a_hand_made_completed_state_with_no_data_given_as_an_argument_raises_missing_result():
+    from nbflow.exceptions import MissingResult
+
+    with pytest.raises(MissingResult, match="State data is missing"):
+        resolve({"x": S.Completed()})
+    assert resolve({"x": S.Completed(data=0)}) == {"x": 0}

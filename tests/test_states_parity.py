@@ -19,7 +19,9 @@ from nbflow.exceptions import (
     CancelledRun,
     CrashedRun,
     FailedRun,
+    MissingResult,
     ParameterBindError,
+    PausedRun,
     ParameterTypeError,
     UnfinishedRun,
 )
@@ -82,6 +84,50 @@ def test_result_of_non_final_states_raises_unfinished_run():
     for state in (Pending(), Running()):
         with pytest.raises(UnfinishedRun, match=f"Run is in {state.type.value} state"):
             state.result(raise_on_failure=False)
+
+
+@pytest.mark.parametrize("state", [Completed(), Completed(data=None), Completed(message="m")])
+def test_result_of_a_hand_made_completed_state_without_data_raises_missing_result(state):
+    # states.py _get_state_result: data None on a state that is not a failure -> MissingResult.
+    with pytest.raises(MissingResult, match="State data is missing"):
+        state.result()
+
+
+def test_a_run_that_returned_none_or_a_hand_made_completed_state_has_result_none():
+    @task
+    def nothing():
+        return None
+
+    @task
+    def made():
+        return Completed()
+
+    @flow
+    def f():
+        returned = made()  # an inline call hands back the returned state, now the run's own
+        return nothing(return_state=True).result(), made(return_state=True).result(), returned.result()
+
+    assert f() == (None, None, None)
+
+
+def test_result_of_a_paused_state_raises_paused_run_even_without_raising():
+    state = Paused()
+    for raise_on_failure in (True, False):
+        with pytest.raises(PausedRun, match="^Run is paused, its result is not available.$") as info:
+            state.result(raise_on_failure=raise_on_failure)
+        assert info.value.state is state
+
+
+@pytest.mark.parametrize(
+    "state, text",
+    [
+        (Failed(message="bad"), "Failed(message='bad', type=FAILED, result=None)"),
+        (Failed(data=ValueError("v")), "Failed(message=None, type=FAILED, result=ValueError('v'))"),
+        (Pending(name="NotReady"), "NotReady(message=None, type=PENDING, result=None)"),
+    ],
+)
+def test_repr_always_shows_the_result(state, text):
+    assert repr(state) == text
 
 
 # -- str() ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 import nbflow.runtime
 from nbflow import Task, allow_failure, flow, task
 from nbflow.exceptions import ParameterBindError
+from nbflow.runs import last_flow_run
 
 pytestmark = [pytest.mark.parity, pytest.mark.timeout(30)]
 
@@ -758,8 +759,27 @@ def test_a_failed_state_passed_as_an_argument_leaves_the_run_not_ready():
 
 
 def test_asset_deps_is_accepted_and_kept_through_with_options():
-    # Prefect 3.9.1 takes asset_deps (turning strings into Assets for its server); nbflow keeps them as given
+    # Prefect 3.9.1 turns strings into Assets; more in tests/test_assets_parity.py
+    from nbflow.assets import Asset
+
     t = task(asset_deps=["s3://bucket/raw.csv"])(lambda: 1)
-    assert t.asset_deps == ["s3://bucket/raw.csv"]
-    assert t.with_options(name="renamed").asset_deps == ["s3://bucket/raw.csv"]
+    assert t.asset_deps == [Asset(key="s3://bucket/raw.csv")]
+    assert t.with_options(name="renamed").asset_deps == t.asset_deps
     assert task(lambda: 1).asset_deps == []
+
+
+def test_an_async_task_called_from_a_sync_flow_and_never_awaited_leaves_no_run_to_wait_for():
+    # Prefect 3.9.1: the call returns a coroutine; dropping it leaves the flow to complete.
+    @task
+    async def later(x):
+        return x
+
+    @flow
+    def f():
+        coroutine = later(3)
+        kind = type(coroutine).__name__
+        coroutine.close()
+        return kind
+
+    assert f() == "coroutine"
+    assert last_flow_run().task_runs == []
