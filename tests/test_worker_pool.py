@@ -224,3 +224,34 @@ def test_max_workers_caps_the_threads_added_for_waiting_work():
     probe.wait_for(10)
     pool.shutdown()
     assert probe.peak == 3
+
+
+def test_on_a_machine_busy_elsewhere_a_runnable_thread_is_expected_to_get_less_of_a_core(monkeypatch):
+    from nbflow.runners import worker_pool
+
+    cores = __import__("os").cpu_count()
+    monkeypatch.setattr(worker_pool.os, "getloadavg", lambda: (cores * 4.0, 0.0, 0.0))
+    assert worker_pool._cpu_available() == pytest.approx(0.25)
+    monkeypatch.setattr(worker_pool.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert worker_pool._cpu_available() == 1.0
+
+
+def test_threads_added_for_waiting_work_leave_once_idle(monkeypatch):
+    from nbflow.runners import worker_pool
+
+    monkeypatch.setattr(worker_pool, "IDLE_EXIT", 0.05)
+    probe = Probe()
+    pool = WorkerPool(probe, 1_000, "test-pool", eager=2)
+    barrier = threading.Barrier(20, timeout=SAFETY)
+    for _ in range(20):
+        pool.submit(barrier.wait)
+    probe.wait_for(20)
+    assert probe.peak == 20
+    left = threading.Event()
+    for _ in range(int(SAFETY / 0.01)):  # wait for the condition, not for a time
+        if pool._threads == 2:
+            left.set()
+            break
+        left.wait(0.01)
+    pool.shutdown()
+    assert left.is_set(), pool._threads

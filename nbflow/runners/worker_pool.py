@@ -20,6 +20,7 @@ call finally returns.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -35,6 +36,17 @@ _STOP = object()
 RAMP_INTERVAL = 0.005
 #: Below this share of one core used by the process, queued work waits on threads that wait (on I/O, a sleep).
 RAMP_CPU_SHARE = 0.5
+#: Seconds a thread beyond the eager ones stays without work before it leaves.
+IDLE_EXIT = 2.0
+
+
+def _cpu_available() -> float:
+    """The share of a core a runnable thread gets now: 1, or less while the machine's load exceeds its cores."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return 1.0
+    return min(1.0, (os.cpu_count() or 1) / max(load, 1e-9))
 
 
 class WorkerPool:
@@ -46,7 +58,7 @@ class WorkerPool:
         self._target = target
         self._max = max_workers
         self._eager = max_workers if eager is None else max(1, min(eager, max_workers))
-        self._taken = 0  # items workers took from the queue (the ramp's measure of progress)
+        self._finished = 0  # items the workers ended (the ramp's measure of progress)
         self._ramping = False  # a look at the queue is scheduled
         self._name = name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -87,28 +99,33 @@ class WorkerPool:
             self._look_later()
 
     def _look_later(self) -> None:
-        call_later(RAMP_INTERVAL, self._ramp, self._taken, time.process_time(), time.monotonic())
+        call_later(RAMP_INTERVAL, self._ramp, time.process_time(), time.monotonic(), self._finished)
 
-    def _ramp(self, taken: int, cpu: float, wall: float) -> None:
-        """Past the eager threads: add threads if the queue waits while the workers make no progress.
+    def _ramp(self, cpu: float, wall: float, finished: int) -> None:
+        """Past the eager threads: add threads while the queue waits on workers that wait.
 
         Runs on the timer thread every ``RAMP_INTERVAL`` while items wait. The
-        workers are taken to wait (on I/O, a sleep, a stuck call) when none of
-        them took an item since the last look, or the process used less than
-        ``RAMP_CPU_SHARE`` of a core: then the pool doubles, at most by the
-        items waiting (so a thousand sleeping tasks all run within a few
-        looks, as with a thread per task, while busy small tasks keep the
-        threads they have).
+        workers wait (on I/O, a sleep, a stuck call) when, since the last look,
+        the process used less than ``RAMP_CPU_SHARE`` of the core it can get
+        (on a machine busy elsewhere, less than a whole one) and fewer
+        items ended than there are workers: then the pool doubles, at most by
+        the items waiting. So a thousand sleeping tasks all run within a few
+        looks, as with a thread per task, while small tasks keep the eager
+        threads, even when they queue for the GIL or the machine is busy
+        elsewhere (they keep ending). Threads added so leave after
+        ``IDLE_EXIT`` seconds without work.
         """
         share = (time.process_time() - cpu) / max(time.monotonic() - wall, 1e-9)
+        threshold = RAMP_CPU_SHARE * _cpu_available()
         with self._lock:
             waiting = self._queue.qsize() - self._idle
             if self._closed or waiting <= 0:
                 self._ramping = False
                 return
             spawn = 0
-            if self._taken == taken or share < RAMP_CPU_SHARE:
-                spawn = min(waiting, max(self._threads, 1), self._max + self._blocked - self._threads)
+            workers = self._threads - self._blocked
+            if share < threshold and self._finished - finished < workers:
+                spawn = min(max(workers, 1), waiting, self._max + self._blocked - self._threads)
                 self._threads += spawn
         for _ in range(spawn):
             self._spawn()
@@ -137,11 +154,15 @@ class WorkerPool:
                 if self._done_with_item(ident):
                     return
             while True:
-                item = get()
+                try:
+                    item = get(timeout=IDLE_EXIT) if self._eager < self._max else get()
+                except queue.Empty:
+                    if self._leave_idle():
+                        return
+                    continue
                 if item is _STOP:
                     return
                 with lock:
-                    self._taken += 1
                     self._take_slot()
                 target(item)
                 item = None
@@ -150,9 +171,19 @@ class WorkerPool:
         finally:
             set_thread_host(None)
 
+    def _leave_idle(self) -> bool:
+        """An idle worker waited ``IDLE_EXIT`` seconds for work: it leaves if it is beyond the eager ones."""
+        with self._lock:
+            if self._idle > 0 and self._threads > self._eager + self._blocked and not self._closed:
+                self._idle -= 1
+                self._threads -= 1
+                return True
+            return False
+
     def _done_with_item(self, ident: int) -> bool:
         """Give back the slot of the item just done; True if this thread leaves the pool."""
         with self._lock:
+            self._finished += 1
             if self._abandoned and ident in self._abandoned:
                 self._abandoned.discard(ident)  # its place and slot went to a replacement
                 return True
