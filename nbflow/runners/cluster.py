@@ -9,7 +9,6 @@ the cluster until read (:mod:`nbflow.runners.wire.results`).
 from __future__ import annotations
 
 import abc
-import functools
 import importlib
 import logging
 import threading
@@ -212,9 +211,7 @@ class ClusterTaskRunner(TaskRunner):
             run = outgoing.run
             remote = self._remotes.get(run)
             if remote is None:
-                remote = self._remotes[run] = Remote(
-                    run, functools.partial(self._stop_run, run), functools.partial(self._retry, run)
-                )
+                remote = self._remotes[run] = Remote(run, self, run)
             remotes.append(remote)
             track(run, remote)
         try:
@@ -231,12 +228,13 @@ class ClusterTaskRunner(TaskRunner):
             # its remote hold (TaskRun.interrupt). Either way its work stops (Remote).
             remote.attach()
 
-    def _stop_run(self, run: TaskRun) -> None:
+    def stop_remote(self, run: TaskRun) -> None:
+        """Stop ``run``'s work on the engine (its :class:`Remote` hold asks, as it ends here)."""
         handle = self._handles.get(run)
         if handle is not None:
             self._stop_work(run, handle)
 
-    def _retry(self, run: TaskRun) -> None:
+    def retry_remote(self, run: TaskRun) -> None:
         """Hand ``run`` to the engine again for its next attempt (the driver stopped the last one)."""
         self._handles.pop(run, None)
         self._dispatch(run)

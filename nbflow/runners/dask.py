@@ -45,12 +45,17 @@ class PrefectDaskFuture(PrefectFuture):
     __slots__ = ()
 
 
+logger = logging.getLogger("nbflow.runners")
+
 #: Seconds of work a chunk of mapped runs aims at.
 CHUNK_SECONDS = 0.05
 #: Runs per chunk of a task whose duration is not known yet.
 FIRST_CHUNK = 256
 #: Chunks per worker thread a map is cut into at least, so that the work spreads.
 CHUNKS_PER_THREAD = 4
+
+#: Chunks after which the scheduler forgets the runner's delivered live messages.
+FORGET_EVERY = 64
 
 # Measured mean duration (seconds) of a run of each task, by task key, for sizing chunks.
 _durations: dict[str, float] = {}
@@ -126,6 +131,7 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
         self._channel = _DaskChannel(f"nbflow-{new_id():032x}")  # the runner's event topic
         self._unwatched: list[tuple] = []  # futures whose done callback is not registered yet
         self._unwatched_lock = threading.Lock()
+        self._chunks_done = 0
 
     def duplicate(self) -> DaskTaskRunner:
         return type(self)(
@@ -156,6 +162,7 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
         client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
         try:
             client.unsubscribe_topic(self._channel.key)
+            self._forget_events(client)
             client.close()
         finally:
             if cluster is not None:
@@ -245,6 +252,17 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
             self.finish_run(outgoing.run, record, handle)
         if type(members[0][1]) is _Slot:
             _measure([outgoing.run for outgoing, _ in members])
+            self._chunks_done += 1
+            if self._chunks_done % FORGET_EVERY == 0 and self._client is not None:
+                self._forget_events(self._client)
+
+    def _forget_events(self, client: Any) -> None:
+        # The scheduler keeps every event of a topic (up to 100,000 batches): the records of a
+        # million runs would stay in its memory (the driver's, for a LocalCluster) until it stops.
+        try:
+            client.run_on_scheduler(_drop_topic, self._channel.key)
+        except Exception:  # a scheduler going away keeps its events; nothing of the runs is lost
+            logger.debug("the events of %s stay on the scheduler", self._channel.key, exc_info=True)
 
     def _gather(self, handles: list[Any]) -> list[bytes]:
         # A chunk's outcomes come once, however many of its runs are read.
@@ -299,6 +317,15 @@ class _DaskChannel(worker.Channel):
 
 
 _chunk = threading.local()  # .finals: the records of the runs of the chunk this thread executes
+
+
+def _drop_topic(topic: str, dask_scheduler: Any = None) -> None:
+    """On the scheduler: forget the events of ``topic`` (they were delivered)."""
+    broker = getattr(dask_scheduler, "_broker", None)  # where recent releases keep events (no public way)
+    if broker is not None:
+        broker.truncate(topic)
+    else:
+        dask_scheduler.events.pop(topic, None)
 
 
 def _measure(runs: list[TaskRun]) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import functools
 import os
 import pickle
 import subprocess
@@ -246,7 +245,7 @@ class _Pool:
         if job.remote is None:
             if not run.claim():  # cancelled while queued
                 return False
-            job.remote = driver.Remote(run, functools.partial(self._stop, job), functools.partial(self._retry, job))
+            job.remote = driver.Remote(run, self, job)
             job.remote.attach()
         if run.done:  # cancelled since it was claimed, or while it waited to be retried
             return False
@@ -265,7 +264,7 @@ class _Pool:
                 if worker.conn in self._workers:
                     self._idle.append(worker)
 
-    def _stop(self, job: _Job) -> None:
+    def stop_remote(self, job: _Job) -> None:
         """The driver ended the job's run (or its attempt): kill the worker running it, if one is."""
         with self._lock:
             worker = job.worker
@@ -275,7 +274,7 @@ class _Pool:
             job.worker = None
         worker.process.kill()  # the reader sees its pipe close, reaps it, and starts others as work arrives
 
-    def _retry(self, job: _Job) -> None:
+    def retry_remote(self, job: _Job) -> None:
         """Send the job's run again for its next attempt (its worker died or overran)."""
         job.payload = encode(resumed(job.payload, job.run))
         with self._lock:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import pickle
 import threading
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from nbflow import engine
 from nbflow import logging as run_logging
@@ -40,24 +39,36 @@ _lock = threading.Lock()  # guards the output counters of tracked runs
 GRACE = 0.5
 
 
+class RemoteOwner(Protocol):
+    """What a runner holding runs elsewhere provides to its :class:`Remote` holds."""
+
+    def stop_remote(self, key: Any) -> None: ...
+
+    def retry_remote(self, key: Any) -> None: ...
+
+
 class Remote:
     """The driver's hold on a run that executes elsewhere, attached to its record (``TaskRun.attach_call``).
 
-    ``stop()`` stops the run's current work where it runs (kills its worker
-    process, cancels its engine task); it is called whenever the run ends
-    here while its worker still has it. ``retry()`` hands the run out again
-    for its next attempt.
+    Its ``owner`` (the runner) does the work: ``owner.stop_remote(key)``
+    stops the run's current work where it runs (kills its worker process,
+    cancels its engine task), called whenever the run ends here while its
+    worker still has it; ``owner.retry_remote(key)`` hands the run out again
+    for its next attempt. ``key`` is what the owner knows the run by.
     """
 
-    __slots__ = ("_attached", "_retry", "_stop", "run")
+    __slots__ = ("_attached", "key", "owner", "run")
 
     abandonable = True  # an interrupted run ends at once (TaskRun.interrupt)
 
-    def __init__(self, run: TaskRun, stop: Callable[[], Any], retry: Callable[[], Any]) -> None:
+    def __init__(self, run: TaskRun, owner: RemoteOwner, key: Any) -> None:
         self.run = run
-        self._stop = stop
-        self._retry = retry
+        self.owner = owner  # one object per runner, not two bound callables per run: a big map holds many
+        self.key = key
         self._attached = False
+
+    def _stop(self) -> None:
+        self.owner.stop_remote(self.key)
 
     def attach(self) -> None:
         """Hold the run from now on, once ``stop()`` can reach its work (the first time it was handed out).
@@ -129,7 +140,7 @@ class Remote:
                 f"(its last attempt: {run.states[-1].message})"
             ))
             return
-        self._retry()
+        self.owner.retry_remote(self.key)
 
 
 class Tracked:
@@ -262,6 +273,7 @@ def fail(run: TaskRun, exc: BaseException) -> bool:
 __all__ = [
     "GRACE",
     "Remote",
+    "RemoteOwner",
     "Tracked",
     "complete",
     "crash",
