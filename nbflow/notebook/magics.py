@@ -31,6 +31,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from nbflow import completion
 from nbflow import settings as nbflow_settings
 from nbflow.context import current_flow_run
 from nbflow.exceptions import CancelledRun, KernelInterrupt
@@ -211,7 +212,8 @@ class CellFlow:
     def wait(self, timeout: float | None = None) -> Any:
         """Block until a background run ends; the cell's value, or its exception raised."""
         __tracebackhide__ = True
-        if not self._ended.wait(timeout):
+        # in steps, with the wait hook between them: the view's Cancel button works meanwhile
+        if not completion.wait_step(self._ended.wait, timeout):
             raise TimeoutError(f"flow run {self.label!r} has not ended after {timeout} s")
         ok, value = self._outcome  # type: ignore[misc]
         if not ok:

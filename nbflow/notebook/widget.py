@@ -312,19 +312,30 @@ class RunView(anywidget.AnyWidget):
         wanted = ROW_ORDER if state is None else (_CODE_OF_NAME.get(state, -1),)
         groups = self.model.groups_of() if group is None else [g for g in list(self.model.groups) if g.index == group]
         snapshots = [(g, bytes(g.codes)) for g in groups]
-        picked: list[tuple[Any, int]] = []
+        picked: list[tuple[Any, int]] = []  # the page's runs
+        total = 0
         for code in wanted:
             for g, codes in snapshots:
+                if not query:  # counted in C; only the page's runs are looked at (a live list asks every second)
+                    n = codes.count(code)
+                    if total + n <= offset or total >= offset + limit:
+                        total += n
+                        continue
                 i = codes.find(code)
                 while i != -1:
+                    if not query and total >= offset + limit:  # past the page: the rest counted in C
+                        total += codes.count(code, i)
+                        break
                     if not query or _matches(g.runs[i], query):
-                        picked.append((g, i))
+                        if offset <= total < offset + limit:
+                            picked.append((g, i))
+                        total += 1
                     i = codes.find(code, i + 1)
         rows = []
-        for g, i in picked[offset : offset + limit]:
+        for g, i in picked:
             run = g.runs[i]
             rows.append([g.index, i, run.name, run.map_index, run.states[-1].name])
-        return {"type": "list", "total": len(picked), "offset": offset, "rows": rows}
+        return {"type": "list", "total": total, "offset": offset, "rows": rows}
 
     def details_html(self, run: TaskRun) -> str:
         """The details panel of ``run`` (what clicking its cell or row shows)."""

@@ -15,6 +15,9 @@ Fixtures:
 ``lab``          per test: a fresh browser context and page, and a :class:`Lab`
                  helper that writes notebooks, opens them, runs cells and reads
                  the nbflow run view; its kernels are shut down after the test.
+                 JupyterLab by default; ``@pytest.mark.parametrize("lab", UIS,
+                 indirect=True)`` runs a test in Notebook 7 too (the same
+                 server serves it at ``/notebooks/<file>``).
 
 What the tests know about the run view's DOM (CSS classes, text formats) is
 in :class:`ViewSelectors` and :meth:`Lab.read_view`, and nowhere else.
@@ -59,6 +62,9 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # git-ignored
 SERVER_START_TIMEOUT = 60
 KERNEL_IDLE_TIMEOUT = 60
 SERVER_STOP_TIMEOUT = 15
+
+UIS = ("lab", "notebook")  # JupyterLab, and Notebook 7 on the same server
+APP_NAMES = {"lab": "JupyterLab", "notebook": "Jupyter Notebook"}  # window.jupyterapp.name
 
 
 def browser_unavailable() -> str | None:
@@ -198,6 +204,10 @@ def run_lab_server(base: Path) -> Iterator[LabServer]:
     dirs = {name: base / name for name in ("config", "runtime", "data", "ipython", "workspaces")}
     for d in [root, *dirs.values()]:
         d.mkdir(parents=True, exist_ok=True)
+    # No "get notified about Jupyter news?" toast over the views (Lab and Notebook 7 read these settings).
+    notification = dirs["config"] / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True)
+    (notification / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     port = _free_port()
     token = secrets.token_hex(24)
     env = dict(os.environ)
@@ -223,6 +233,7 @@ def run_lab_server(base: Path) -> Iterator[LabServer]:
         f"--ServerApp.root_dir={root}",
         "--ServerApp.open_browser=False",
         "--LabApp.expose_app_in_browser=True",
+        "--JupyterNotebookApp.expose_app_in_browser=True",
         f"--LabApp.workspaces_dir={dirs['workspaces']}",
         "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
@@ -305,6 +316,7 @@ class Lab:
     server: LabServer
     page: Any
     name: str
+    ui: str = "lab"  # "lab" (JupyterLab) or "notebook" (Notebook 7)
     sel: ViewSelectors = SELECTORS
     _panel: str | None = field(default=None, repr=False)
 
@@ -313,19 +325,25 @@ class Lab:
         write_notebook(self.server.root / filename, sources)
         return filename
 
+    def url(self, filename: str, workspace: str = "") -> str:
+        """The page of notebook ``filename`` in this test's UI (a fresh Lab workspace, named after the test)."""
+        if self.ui == "notebook":
+            return f"{self.server.url}/notebooks/{filename}?token={self.server.token}"
+        return f"{self.server.url}/lab/workspaces/{self.name}{workspace}/tree/{filename}?reset&token={self.server.token}"
+
     def open_notebook(self, filename: str) -> None:
-        """Open a notebook in a fresh workspace and wait until its kernel is idle."""
-        url = f"{self.server.url}/lab/workspaces/{self.name}/tree/{filename}?reset&token={self.server.token}"
-        self.page.goto(url, wait_until="domcontentloaded", timeout=KERNEL_IDLE_TIMEOUT * 1000)
+        """Open a notebook and wait until its kernel is idle."""
+        self.page.goto(self.url(filename), wait_until="domcontentloaded", timeout=KERNEL_IDLE_TIMEOUT * 1000)
         self.page.wait_for_function(
-            """(name) => {
+            """([name, appName]) => {
                 const app = window.jupyterapp;
+                if (app && app.name !== appName) throw new Error(`expected ${appName}, this page is ${app.name}`);
                 const w = app && app.shell && app.shell.currentWidget;
                 if (!w || !w.sessionContext || !w.context || w.context.path !== name) return false;
                 const s = w.sessionContext.session;
                 return !!(s && s.kernel && s.kernel.status === 'idle' && w.content.widgets.length > 0);
             }""",
-            arg=filename,
+            arg=[filename, APP_NAMES[self.ui]],
             timeout=KERNEL_IDLE_TIMEOUT * 1000,
         )
         self._panel = "#" + self.page.evaluate("() => window.jupyterapp.shell.currentWidget.id")
@@ -342,16 +360,40 @@ class Lab:
             "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }"
         )
 
-    def wait_cells_done(self, timeout: float) -> None:
-        """Wait until every code cell has an execution count and the kernel is idle."""
+    def wait_cells_done(self, timeout: float, cells: int | None = None) -> None:
+        """Wait until every code cell (of the first ``cells``) has an execution count and the kernel is idle."""
         self.page.wait_for_function(
-            """() => {
+            """(n) => {
                 const w = window.jupyterapp.shell.currentWidget;
                 const k = w.sessionContext.session.kernel;
                 if (k.status !== 'idle') return false;
-                return w.content.widgets.every(c => c.model.type !== 'code'
+                return w.content.widgets.slice(0, n === null ? undefined : n).every(c => c.model.type !== 'code'
                     || (c.model.executionCount !== null && !c.node.querySelector('.jp-InputPrompt').textContent.includes('*')));
             }""",
+            arg=cells,
+            timeout=timeout * 1000,
+        )
+
+    def output_text(self, cell: int) -> str:
+        """The text of cell ``cell``'s outputs."""
+        return self.panel.locator(".jp-Cell").nth(cell).locator(".jp-OutputArea").inner_text()
+
+    def wait_output(self, cell: int, text: str, timeout: float = 30) -> None:
+        """Wait until cell ``cell``'s outputs hold ``text``."""
+        self.panel.locator(".jp-Cell").nth(cell).locator(".jp-OutputArea").get_by_text(text).first.wait_for(
+            timeout=timeout * 1000
+        )
+
+    def executed(self, cell: int) -> bool:
+        """True once cell ``cell`` has finished executing (an execution count, not [*])."""
+        prompt = self.panel.locator(".jp-Cell").nth(cell).locator(".jp-InputPrompt").inner_text()
+        return bool(re.search(r"\[\d+\]", prompt))
+
+    def wait_executed(self, cell: int, timeout: float = 30) -> None:
+        """Wait until cell ``cell`` has finished executing (its reply comes after its output)."""
+        self.page.wait_for_function(
+            "(el) => /\\[\\d+\\]/.test(el.querySelector('.jp-InputPrompt').textContent)",
+            arg=self.panel.locator(".jp-Cell").nth(cell).element_handle(),
             timeout=timeout * 1000,
         )
 
@@ -364,6 +406,28 @@ class Lab:
     def view(self, cell: int) -> Any:
         """Locator of the run view in the output of cell ``cell``."""
         return self.panel.locator(".jp-Cell").nth(cell).locator(f"{self.sel.view}:visible").last
+
+    def final_view(self, cell: int, timeout: float = 30) -> Any:
+        """Wait for the finished view of cell ``cell`` to settle; its locator.
+
+        A run's output ends as the static picture, and the front end mounts the
+        view again inside it (view.js): until then the first view may still be
+        the one on the page, or the new one may not have its grid yet. Settled:
+        the view inside the picture, each of its canvases painted with all its
+        group's runs.
+        """
+        handle = self.panel.locator(".jp-Cell").nth(cell).element_handle()
+        self.page.wait_for_function(
+            """(root) => {
+                const view = root.querySelector('.nbflow-static .nbflow-view');
+                if (!view) return false;
+                const canvases = [...view.querySelectorAll('.nbflow-canvas')];
+                return canvases.length > 0 && canvases.every(c => c.dataset.runs && c.dataset.painted === c.dataset.runs);
+            }""",
+            arg=handle,
+            timeout=timeout * 1000,
+        )
+        return self.panel.locator(".jp-Cell").nth(cell).locator(f".nbflow-static {self.sel.view}").last
 
     def read_view(self, cell: int) -> dict:
         """The view's state, done/total and counts per state, as the page shows them now."""
@@ -405,15 +469,18 @@ class Lab:
         return self.page.evaluate("() => window.__nbflowSamples")
 
     def screenshot(self, locator: Any, name: str) -> Path:
+        """Save a screenshot of ``locator`` in the artifacts (Notebook 7's get a ``notebook-`` prefix)."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / name
+        path = ARTIFACTS / (name if self.ui == "lab" else f"{self.ui}-{name}")
         locator.screenshot(path=str(path))
         return path
 
 
 @pytest.fixture
 def lab(lab_server: LabServer, chromium: Any, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """A fresh browser context and page for one test; its kernels are shut down afterwards."""
+    """A fresh browser context and page for one test, in JupyterLab or (param "notebook") Notebook 7; its kernels are shut down afterwards."""
+    ui = getattr(request, "param", "lab")
+    assert ui in UIS, ui
     context = chromium.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
     context.set_default_timeout(30_000)
     page = context.new_page()
@@ -421,7 +488,7 @@ def lab(lab_server: LabServer, chromium: Any, request: pytest.FixtureRequest) ->
     page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
     page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
     name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:60] + "-" + secrets.token_hex(3)
-    helper = Lab(lab_server, page, name)
+    helper = Lab(lab_server, page, name, ui)
     try:
         yield helper
     finally:

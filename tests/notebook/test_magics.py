@@ -322,6 +322,21 @@ def test_a_background_flow_cell_returns_at_once_and_wait_gives_its_outcome(ip, g
         ip.run_line_magic("nbflow", "wait")
 
 
+@pytest.mark.timeout(60)
+def test_nbflow_wait_calls_the_wait_hook_so_the_views_cancel_works_meanwhile(ip, gate):
+    """In a kernel the hook handles widget messages: a Cancel click while ``%nbflow wait`` blocks."""
+    from nbflow import completion
+
+    ip.user_ns["gate"] = gate
+    ip.run_cell_magic("flow", "bg --background --no-view", "gate.wait()\n42")
+    previous = completion._wait_hook
+    completion.set_wait_hook(gate.open)  # a blocked wait that never called it would never end
+    try:
+        assert ip.run_line_magic("nbflow", "wait bg") == 42
+    finally:
+        completion.set_wait_hook(previous)
+
+
 def test_loading_the_extension_makes_visualize_draw_as_the_live_view(ipython):
     import nbflow.visualize as viz
     from nbflow.report.dag import Dag

@@ -168,6 +168,22 @@ def test_the_list_filters_by_state_task_name_and_map_index_with_no_row_limit(com
     }
 
 
+def test_every_page_of_the_list_is_the_slice_of_the_whole_ordered_list(comms):
+    """Pages are built from counts, not from the whole list: they must still be its slices, across groups."""
+    from nbflow.report.model import ROW_ORDER
+
+    view = finished_view(lambda: etl(300, return_state=True))
+    whole = [[g.index, i, g.runs[i].name, g.runs[i].map_index, g.runs[i].states[-1].name]
+             for code in ROW_ORDER for g in view.model.groups_of() for i, c in enumerate(g.codes) if c == code]
+    assert len(whole) == 600
+    for offset, limit in [(0, 7), (25, 10), (290, 20), (300, 300), (595, 200), (600, 5)]:
+        page = view.list_rows(offset=offset, limit=limit)
+        assert page["total"] == 600 and page["rows"] == whole[offset : offset + limit], (offset, limit)
+    found = view.list_rows(query="21", offset=3, limit=4)
+    everything_found = view.list_rows(query="21", limit=1000)
+    assert found["total"] == everything_found["total"] and found["rows"] == everything_found["rows"][3:7]
+
+
 def test_hover_and_details_are_answered_on_request_with_resolved_inputs(comms):
     view = finished_view(lambda: etl(return_state=True))
     hover = view.answer({"type": "hover", "group": 1, "index": 7, "seq": 3})

@@ -8,7 +8,7 @@
 // with the model id; the view then mounts itself again inside that picture.
 
 const CSS = `
-.nbflow-view{position:relative;font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;font-size:13px;line-height:1.45;color:var(--jp-ui-font-color1,#222)}
+.nbflow-view{position:relative;contain:content;font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;font-size:13px;line-height:1.45;color:var(--jp-ui-font-color1,#222)}
 .nbflow-view .nbflow-top{display:flex;align-items:flex-start;gap:8px}
 .nbflow-view .nbflow-header{flex:1 1 auto;min-width:0}
 .nbflow-view button{font:inherit;font-size:12px;padding:2px 10px;border:1px solid #bbb;border-radius:3px;background:#f4f4f4;cursor:pointer;color:#222}
@@ -166,6 +166,7 @@ function mount(model, el, host) {
       entry.caption.insertAdjacentHTML("beforeend", ` <span class="nbflow-muted">x${info.count.toLocaleString("en-US")}</span> &middot; ${counts}`);
       // the grid is the run's own: a subflow's group shows once its DAG node is picked
       entry.box.style.display = (state.group === null ? !info.flow : state.group === g) ? "" : "none";
+      entry.canvas.dataset.runs = String(info.count);
     });
   }
 
@@ -225,6 +226,7 @@ function mount(model, el, host) {
       }
     }
     ctx.putImageData(image, 0, 0);
+    canvas.dataset.painted = String(n); // how many runs the picture shows (tests wait on it)
   }
 
   function cellAt(g, ev) {
