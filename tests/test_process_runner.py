@@ -373,3 +373,29 @@ def test_ctrl_c_in_a_script_leaves_no_run_running(tmp_path):
     flow_state, task_states = json.loads(out.split("interrupted ", 1)[1])
     assert flow_state == "Cancelled" and len(task_states) == 4
     assert set(task_states) <= {"Cancelled", "Crashed"}, task_states
+
+
+def test_runs_of_a_short_task_queue_at_the_workers_each_keeping_its_own_outcome():
+    from nbflow.runners import sizing
+
+    @task
+    def short(x):
+        if x == 77:
+            raise ValueError("bad 77")
+        return x * 2
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    def twice():
+        short.map(range(10)).wait()  # measures the task: its runs are short
+        assert sizing.mean_duration(short.task_key) is not None
+        futures = short.map(range(300))  # now queued several at a worker
+        futures.wait()
+        return [f.task_run for f in futures]
+
+    runs = twice()
+    for x, run in enumerate(runs):
+        if x == 77:
+            assert run.state.is_failed() and "bad 77" in run.state.message
+        else:
+            assert run.state.result() == 2 * x
+            assert [s.name for s in run.states] == ["Pending", "Running", "Completed"]

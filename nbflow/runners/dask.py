@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun, new_id
-from nbflow.runners import cluster
+from nbflow.runners import cluster, sizing
 from nbflow.runners.wire import driver, worker
 from nbflow.runners.wire.payload import Record, dumps
 
@@ -57,8 +57,6 @@ CHUNKS_PER_THREAD = 4
 #: Chunks after which the scheduler forgets the runner's delivered live messages.
 FORGET_EVERY = 64
 
-# Measured mean duration (seconds) of a run of each task, by task key, for sizing chunks.
-_durations: dict[str, float] = {}
 
 
 class _Chunk:
@@ -88,8 +86,7 @@ def chunk_size(runs: int, threads: int, mean_seconds: float | None) -> int:
     ``FIRST_CHUNK`` while the duration is unknown, and never so many that fewer than
     ``CHUNKS_PER_THREAD`` chunks per worker thread are left to spread."""
     spread = math.ceil(runs / (max(threads, 1) * CHUNKS_PER_THREAD))
-    by_time = FIRST_CHUNK if mean_seconds is None else int(CHUNK_SECONDS / max(mean_seconds, 1e-6))
-    return max(1, min(spread, by_time))
+    return sizing.runs_per(CHUNK_SECONDS, mean_seconds, FIRST_CHUNK, spread)
 
 
 class DaskTaskRunner(cluster.ClusterTaskRunner):
@@ -187,7 +184,7 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
         size = 1
         if len(batch) >= 2 * CHUNKS_PER_THREAD:
             threads = sum(client.nthreads().values())
-            size = chunk_size(len(batch), threads, _durations.get(batch[0].run.task.task_key))
+            size = chunk_size(len(batch), threads, sizing.mean_duration(batch[0].run.task.task_key))
         groups = [batch[i:i + size] for i in range(0, len(batch), size)]
         futures = client.map(  # one message to the scheduler for a whole .map
             _run_chunk_on_worker if size > 1 else _run_on_worker,
@@ -251,7 +248,7 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
                     continue
             self.finish_run(outgoing.run, record, handle)
         if type(members[0][1]) is _Slot:
-            _measure([outgoing.run for outgoing, _ in members])
+            sizing.measure([outgoing.run for outgoing, _ in members])
             self._chunks_done += 1
             if self._chunks_done % FORGET_EVERY == 0 and self._client is not None:
                 self._forget_events(self._client)
@@ -326,16 +323,6 @@ def _drop_topic(topic: str, dask_scheduler: Any = None) -> None:
         broker.truncate(topic)
     else:
         dask_scheduler.events.pop(topic, None)
-
-
-def _measure(runs: list[TaskRun]) -> None:
-    """Fold the durations of a chunk's completed runs into their task's mean (what sizes its next chunks)."""
-    durations = [r.duration for r in runs if r.state.is_completed() and r.duration is not None]
-    if durations:
-        mean = sum(durations) / len(durations)
-        key = runs[0].task.task_key
-        known = _durations.get(key)
-        _durations[key] = mean if known is None else (known + mean) / 2
 
 
 def _picked(upstream: list[Any]) -> list[tuple[bytes, bytes | None]]:

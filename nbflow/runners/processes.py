@@ -17,6 +17,11 @@ that attempt Crashed (retried if the task has retries left); a run it had
 not taken yet goes to another worker. Unlike Prefect's, whose process pool
 breaks when a worker dies and which waits for running tasks on a cancel.
 
+A worker is handed several runs at once when they are measured short (a
+queue of up to ``QUEUE_SECONDS`` of work, from the durations of the task):
+it starts the next as soon as one ends instead of waiting a round trip to
+the driver, while each run keeps its own states, retries and outcome.
+
 The pool outlives flow runs: runners with the same configuration (all the
 ``duplicate()`` copies a flow makes among them) share one, started on first
 use and closed at interpreter exit or by :func:`close_pools`, so only the
@@ -29,6 +34,7 @@ import atexit
 import collections
 import os
 import pickle
+import queue
 import subprocess
 import sys
 import threading
@@ -42,11 +48,17 @@ import cloudpickle
 from nbflow import engine
 from nbflow.exceptions import SerializationError
 from nbflow.records import TaskRun
+from nbflow.runners import sizing
 from nbflow.runners.base import TaskRunner
 from nbflow.runners.wire import driver
 from nbflow.runners.wire.payload import Payloads, Record, encode, resumed
 from nbflow.runners.wire.worker import Channel, run_payload, send_final
 from nbflow.states import State
+
+#: Seconds of work a worker is handed ahead (runs of a short task queue at the worker).
+QUEUE_SECONDS = 0.01
+#: Runs a worker is handed ahead at most.
+MOST_QUEUED = 64
 
 # What a worker process runs: python -c _BOOT <fd of its end of the pipe>.
 _BOOT = "import sys; from nbflow.runners.processes import serve; serve(int(sys.argv[1]))"
@@ -158,7 +170,7 @@ class _PipeChannel(Channel):
 class _Job:
     """A run on its way to a worker process, with its payload; ``remote`` once it was claimed."""
 
-    __slots__ = ("handed_back", "payload", "remote", "run", "worker")
+    __slots__ = ("attempts", "handed_back", "payload", "remote", "run", "worker")
 
     def __init__(self, run: TaskRun, payload: bytes) -> None:
         self.run = run
@@ -166,16 +178,24 @@ class _Job:
         self.remote: driver.Remote | None = None
         self.worker: _Worker | None = None  # the worker that holds it
         self.handed_back = False  # a worker died before it started it
+        self.attempts = 0  # the run's attempts when it was sent: one more once its worker started it
+
+    @property
+    def started(self) -> bool:
+        """The worker reported that it started the run (its Running arrives before its code runs)."""
+        return self.run.run_count > self.attempts
 
 
 class _Worker:
-    __slots__ = ("conn", "job", "process", "taken")
+    __slots__ = ("conn", "jobs", "process", "sending")
 
     def __init__(self, process: subprocess.Popen, conn: connection.Connection) -> None:
         self.process = process
         self.conn = conn
-        self.job: _Job | None = None
-        self.taken = False  # the worker reported on its job: it started it
+        # Held from choosing a job for it to sending it: its payloads leave in the order of ``jobs``.
+        self.sending = threading.Lock()
+        # The jobs sent to it, in order: it runs the first, the others wait in its pipe.
+        self.jobs: collections.deque[_Job] = collections.deque()
 
 
 class _Pool:
@@ -183,7 +203,7 @@ class _Pool:
 
     A job goes to a live worker: one that died idle is never handed work,
     and a job whose worker died before it reported starting it goes to
-    another. A job whose worker died while running it ends Crashed, or is
+    another. Jobs of short tasks queue at a worker (see ``QUEUE_SECONDS``). A job whose worker died while running it ends Crashed, or is
     retried if its task has retries left. A job the driver stops (a cancel,
     an attempt past its deadline) has its worker killed; the pool starts
     another as work arrives.
@@ -222,21 +242,37 @@ class _Pool:
             self._pump()
 
     def _pump(self) -> None:
-        """Hand queued jobs to idle workers, starting workers up to the pool's size."""
+        """Hand queued jobs to idle workers, starting workers up to the pool's size; then queue
+        jobs of short tasks at the workers, up to about ``QUEUE_SECONDS`` of work each."""
         while True:
             with self._lock:
                 if self._closed or not self._queue:
                     return
+                job = self._queue[0]
                 if self._idle:
                     worker = self._idle.pop()
                 elif len(self._workers) < self._size:
                     worker = self._spawn()
                 else:
-                    return
-                job = worker.job = self._queue.popleft()
-                worker.taken = False
+                    # Queued behind short runs only, so that nothing waits behind a long one while
+                    # another worker is free: a task not measured yet is not queued at all.
+                    mean = sizing.mean_duration(job.run.task.task_key)
+                    if mean is None or mean > QUEUE_SECONDS:
+                        return
+                    depth = sizing.runs_per(QUEUE_SECONDS, mean, 1, MOST_QUEUED)
+                    room = [w for w in self._workers.values() if len(w.jobs) < depth and _short(w.jobs)]
+                    if not room:
+                        return
+                    worker = min(room, key=lambda w: len(w.jobs))
+                self._queue.popleft()
+                worker.jobs.append(job)
                 job.worker = worker
-            if not self._send(worker, job):
+                worker.sending.acquire()  # under the pool's lock: the next job for it waits its turn
+            try:
+                sent = self._send(worker, job)
+            finally:
+                worker.sending.release()
+            if not sent:
                 self._free(worker, job)
 
     def _send(self, worker: _Worker, job: _Job) -> bool:
@@ -250,6 +286,7 @@ class _Pool:
         if run.done:  # cancelled since it was claimed, or while it waited to be retried
             return False
         driver.track(run, job.remote)
+        job.attempts = run.run_count
         try:
             worker.conn.send_bytes(job.payload)
         except OSError:
@@ -258,21 +295,22 @@ class _Pool:
 
     def _free(self, worker: _Worker, job: _Job) -> None:
         with self._lock:
-            if worker.job is job:
-                worker.job = None
+            if job in worker.jobs:
+                worker.jobs.remove(job)
                 job.worker = None
-                if worker.conn in self._workers:
+                if not worker.jobs and worker.conn in self._workers:
                     self._idle.append(worker)
 
     def stop_remote(self, job: _Job) -> None:
         """The driver ended the job's run (or its attempt): kill the worker running it, if one is."""
         with self._lock:
             worker = job.worker
-            if worker is None or worker.job is not job:
+            if worker is None or not worker.jobs or worker.jobs[0] is not job:
+                # Not started there yet: it is skipped (what it reports is ignored, the run ended here).
                 return
-            worker.job = None  # the worker is done for: nothing it sends counts now
+            worker.jobs.popleft()  # the worker is done for: nothing it sends about this job counts now
             job.worker = None
-        worker.process.kill()  # the reader sees its pipe close, reaps it, and starts others as work arrives
+        worker.process.kill()  # the reader sees its pipe close, reaps it, hands on its other jobs
 
     def retry_remote(self, job: _Job) -> None:
         """Send the job's run again for its next attempt (its worker died or overran)."""
@@ -317,7 +355,6 @@ class _Pool:
                 except (EOFError, OSError):
                     self._lost(worker)
                     continue
-                worker.taken = True  # a worker's first word on a job is its Running (eager) or its outcome
                 for message in driver.receive(blob):
                     if message[0] == "final":
                         self._final(worker, *message[1:])
@@ -327,34 +364,42 @@ class _Pool:
 
     def _final(self, worker: _Worker, run_id: int, _base: int, record: bytes, value: bytes | None) -> None:
         with self._lock:
-            job = worker.job
-            if job is None or job.run.int_id != run_id:
+            jobs = worker.jobs
+            if not jobs or jobs[0].run.int_id != run_id:
                 return  # the driver gave up on the job (and killed the worker)
-            worker.job = job.worker = None
-            self._idle.append(worker)  # free the worker first: the run's downstream may want it
+            job = jobs.popleft()
+            job.worker = None
+            if not jobs:
+                self._idle.append(worker)  # free the worker first: the run's downstream may want it
         driver.complete(job.run, record, value)
+        sizing.measure([job.run])
         self._pump()
 
     def _lost(self, worker: _Worker) -> None:
+        lost: list[tuple[_Job, bool]] = []
         with self._lock:
             del self._workers[worker.conn]
             if worker in self._idle:
                 self._idle.remove(worker)
-            job, worker.job = worker.job, None
-            started = worker.taken
-            if job is not None:
+            jobs, worker.jobs = list(worker.jobs), collections.deque()
+            for job in reversed(jobs):  # handed back in their order
                 job.worker = None
-                if not started and not job.handed_back:  # the worker died before it started the run
+                started = job.started
+                if not started and job is not jobs[0]:  # waiting behind another: it cannot have killed it
+                    self._queue.appendleft(job)
+                elif not started and not job.handed_back:  # the worker died before it started the run
                     job.handed_back = job.remote is not None  # it was sent: once only, for a payload that
                     self._queue.appendleft(job)               # kills its worker as it arrives crashes
-                    job = None
+                else:
+                    lost.append((job, started))
         worker.conn.close()
         code = worker.process.wait()
-        if job is not None and driver.untrack(job.run):
-            what = "while running it" if started else "twice, before it could start it"
-            job.remote.lost(driver.crashed(  # type: ignore[union-attr]
-                job.run, f"its worker process (pid {worker.process.pid}) died {what} (exit code {code})."
-            ))
+        for job, started in lost:
+            if driver.untrack(job.run):
+                what = "while running it" if started else "twice, before it could start it"
+                job.remote.lost(driver.crashed(  # type: ignore[union-attr]
+                    job.run, f"its worker process (pid {worker.process.pid}) died {what} (exit code {code})."
+                ))
         self._pump()
 
     def _init_failed(self, worker: _Worker, text: str) -> None:
@@ -362,13 +407,12 @@ class _Pool:
             if _pools.get(self._key) is self:
                 del _pools[self._key]
         with self._lock:
-            jobs = [worker.job, *self._queue]
+            jobs = [*worker.jobs, *self._queue]
             self._queue.clear()
-            worker.job = None
+            worker.jobs.clear()
         reason = f"the process pool's initializer failed in a worker:\n{text}"
         for job in jobs:
-            if job is not None:
-                driver.crash(job.run, reason)
+            driver.crash(job.run, reason)
         self.close()
 
     # -- closing ------------------------------------------------------------------------------
@@ -390,19 +434,29 @@ class _Pool:
         with self._lock:
             workers = list(self._workers.values())
             self._workers.clear()
-            jobs = [worker.job for worker in workers]
+            held = [list(worker.jobs) for worker in workers]
             for worker in workers:
-                worker.job = None
-        for worker, job in zip(workers, jobs):
+                worker.jobs.clear()
+        for worker, jobs in zip(workers, held):
             worker.conn.close()  # an idle worker exits when its pipe closes
-            if job is not None:
+            if jobs:
                 worker.process.kill()
+            for job in jobs:
                 driver.crash(job.run, "its process pool was closed while it ran.")
         for worker in workers:
             try:
                 worker.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 worker.process.kill()
+
+
+def _short(jobs: Iterable[_Job]) -> bool:
+    """True if every job is of a task measured to run within ``QUEUE_SECONDS``."""
+    for job in jobs:
+        mean = sizing.mean_duration(job.run.task.task_key)
+        if mean is None or mean > QUEUE_SECONDS:
+            return False
+    return True
 
 
 # -- the worker process -------------------------------------------------------------------------
@@ -419,10 +473,21 @@ def serve(fd: int) -> None:
         conn.send_bytes(pickle.dumps([("init-error", traceback.format_exc())]))
         return
     channel = _PipeChannel(conn)
-    while True:
+    # A thread takes payloads off the pipe as they come, so that the driver's sends never wait on
+    # this worker while it runs one (and writes to the driver, whose reader may be sending to it).
+    payloads: queue.SimpleQueue = queue.SimpleQueue()
+
+    def receive() -> None:
         try:
-            payload = conn.recv_bytes()
-        except EOFError:
+            while True:
+                payloads.put(conn.recv_bytes())
+        except (EOFError, OSError):
+            payloads.put(None)
+
+    threading.Thread(target=receive, name="nbflow-worker-inbox", daemon=True).start()
+    while True:
+        payload = payloads.get()
+        if payload is None:
             return
         run_payload(payload, (), channel)
 
