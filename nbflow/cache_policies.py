@@ -181,7 +181,16 @@ class CacheKeyFnPolicy(CachePolicy):
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> dict[str, str] | None:
         key = self.compute_key(task_ctx, inputs, flow_parameters)
-        return None if key is None else {"key from cache_key_fn": str(key)}
+        if key is None:
+            return None
+        if not isinstance(key, str):  # as in Prefect, a run whose key is no string fails
+            from nbflow.exceptions import InvalidCacheKey
+
+            raise InvalidCacheKey(
+                f"cache_key_fn {getattr(self.cache_key_fn, '__name__', self.cache_key_fn)!r} returned "
+                f"{key!r} ({type(key).__name__}): a cache key must be a str (or None for no caching)."
+            )
+        return {"key from cache_key_fn": key}
 
 
 @dataclass

@@ -46,7 +46,7 @@ from nbflow import settings
 from nbflow import states as S
 from nbflow.completion import wait_all_async
 from nbflow.context import flow_run_var, task_run_var
-from nbflow.exceptions import CrashedRun, KernelInterrupt, TaskRunTimeoutError
+from nbflow.exceptions import CrashedRun, FlowRunTimeoutError, InvalidCacheKey, KernelInterrupt, TaskRunTimeoutError
 from nbflow.records import NOTHING, TaskRun
 from nbflow.resolve import resolve
 from nbflow.states import State, StateType
@@ -347,6 +347,10 @@ def _private_loop() -> asyncio.AbstractEventLoop:
 
 
 # -- outcomes, hooks, retries ---------------------------------------------------------
+# The Failed message of a task run's (False) or flow run's (True) exception, as Prefect 3.9.1 words it.
+_FAILED_WORDS = {False: "Task run encountered an exception ", True: "Flow run encountered an exception: "}
+
+
 def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeout_error: type) -> State:
     """The state a call's outcome puts a run in (``what`` names the run in messages)."""
     if ok:  # returned states decide the outcome, as in Prefect (see states.return_value_to_state)
@@ -358,10 +362,9 @@ def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeou
         return S.Cancelled(message=f"{what} was cancelled while running.", data=None)
     if isinstance(value, (KeyboardInterrupt, SystemExit)):
         return S.Crashed(message=f"{what} was interrupted by {type(value).__name__}.", data=value)
-    if isinstance(value, Exception):
-        return S.Failed(
-            message=f"{what} encountered an exception {type(value).__name__}: {value}", data=value
-        )
+    if isinstance(value, Exception):  # Prefect's words exactly: users compare them (the run's record names it)
+        words = _FAILED_WORDS[timeout_error is FlowRunTimeoutError]
+        return S.Failed(message=f"{words}{type(value).__name__}: {value}", data=value)
     return S.Crashed(message=f"{what} crashed with {type(value).__name__}: {value}", data=value)
 
 
@@ -487,12 +490,16 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
 
             policy, persist = cache.policy_of(task)
             if persist:
-                entry = cache.open_entry(task, run, parameters, policy, persist)
+                try:
+                    entry = cache.open_entry(task, run, parameters, policy, persist)
+                except InvalidCacheKey as exc:
+                    return outcome_state(False, exc, f"Task run {run.name!r}", None, TaskRunTimeoutError)
             if entry is not None and entry.cached is not None:
                 entry.close(None)
                 attempt = run.start_attempt()  # a cached run passes through Running too, as in Prefect
                 if task.on_running_hooks:
                     yield (HOOKS, task.on_running_hooks, task, run, attempt)
+                run.ending(entry.cached)
                 yield (HOOKS, task.on_completion_hooks, task, run, entry.cached)
                 return entry.cached
         args, kwargs = task.call_arguments(parameters)
@@ -533,6 +540,7 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
             entry = None
         hooks = final_hooks(task, state)
         if hooks:
+            run.ending(state)  # a hook reads the run's final state, as in Prefect
             yield (HOOKS, hooks, task, run, state)
         return state
     finally:

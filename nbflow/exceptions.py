@@ -80,6 +80,43 @@ class ParameterTypeError(PrefectException, TypeError):
     """A flow parameter failed validation against its type hint."""
 
 
+class SignatureMismatchError(PrefectException, TypeError):
+    """Parameters given to a function do not match its signature (e.g. to ``Flow.validate_parameters``)."""
+
+    @classmethod
+    def from_bad_params(cls, expected_params: list[str], provided_params: list[str]) -> SignatureMismatchError:
+        """The error for parameters ``provided_params`` given to a function of ``expected_params``, in Prefect's words."""
+        return cls(f"Function expects parameters {expected_params} but was provided with parameters {provided_params}")
+
+
+class UpstreamTaskError(PrefectException):
+    """A run depends on the result of an upstream run that did not complete."""
+
+
+class InvalidCacheKey(PrefectException, ValueError):
+    """A ``cache_key_fn`` returned something that is neither a ``str`` nor None: the run fails without running."""
+
+
+class HashError(PrefectException):
+    """Inputs could not be hashed into a cache key."""
+
+
+class ConfigurationError(PrefectException):
+    """A setting or option is not valid."""
+
+
+class MissingFlowError(PrefectException):
+    """No flow of the given name was found."""
+
+
+class ObjectNotFound(PrefectException):
+    """A run, flow or record that was asked for does not exist."""
+
+
+class PrefectImportError(ImportError):
+    """An object was imported from where it no longer lives."""
+
+
 class MissingContextError(PrefectException, RuntimeError):
     """Something that needs a running flow or task was used outside one."""
 
@@ -105,6 +142,34 @@ class TaskRunNameError(PrefectException, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+class PrefectSignal(BaseException):
+    """Base of the signal-like exceptions that end a run and are not meant to be caught."""
+
+
+class Abort(PrefectSignal):
+    """Raised to end a run at once."""
+
+
+class Pause(PrefectSignal):
+    """Raised when a flow run is paused; ``state`` is the Paused state."""
+
+    def __init__(self, *args: object, state: object = None) -> None:
+        super().__init__(*args)
+        self.state = state
+
+
+class ExternalSignal(BaseException):
+    """Base of the exceptions that stand for a signal from outside the process."""
+
+
+class TerminationSignal(ExternalSignal):
+    """The process received a termination signal; ``signal`` is its number."""
+
+    def __init__(self, signal: int) -> None:
+        super().__init__(signal)
+        self.signal = signal
 
 
 class UnfinishedTaskRunsWarning(UserWarning):

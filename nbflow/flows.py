@@ -34,6 +34,7 @@ from nbflow.context import current_flow_run, flow_run_var, tags_var, task_run_va
 from nbflow.exceptions import (
     FlowRunTimeoutError,
     ParameterTypeError,
+    SignatureMismatchError,
     UnfinishedTaskRunsWarning,
 )
 from nbflow.futures import PrefectFuture
@@ -45,7 +46,8 @@ from nbflow.options import (
     unwrap_method,
 )
 from nbflow.records import FlowRun, TaskRun
-from nbflow.resolve import find
+from nbflow.resolve import collect, dependencies, find, resolve
+from nbflow.runtime.task_run import calling_task_run_var
 from nbflow.signature import CallSignature, render_run_name
 from nbflow.states import State
 from nbflow.task_runners import TaskRunner
@@ -98,27 +100,31 @@ class Flow(MethodDescriptor, Generic[P, R]):
 
     # -- parameters --------------------------------------------------------------------
     def validate_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
-        """Parameters coerced to the function's type hints (pydantic, lax mode), as Prefect's.
+        """Parameters coerced to the function's type hints (pydantic, lax mode), defaults filled in, as Prefect's.
 
-        Futures and states are left for the runs that resolve them. Raises
-        ParameterTypeError listing every invalid parameter, in Prefect's words.
+        A name that is not a parameter raises SignatureMismatchError; a missing
+        required parameter or a value that does not fit its hint raises
+        ParameterTypeError listing every problem, in Prefect's words. Futures
+        and states are left for the runs that resolve them.
         """
+        names = self.signature.names
+        if any(name not in names for name in parameters):
+            raise SignatureMismatchError.from_bad_params(list(names), list(parameters))
         if not self.should_validate_parameters:
             return parameters
+        validated = self.signature.apply_defaults(dict(parameters))
+        problems = [f"{name}: Field required" for name in self.signature.required if name not in parameters]
         adapters = self._type_adapters()
-        if not adapters:
-            return parameters
-        import pydantic
+        if adapters:  # pydantic is imported only for a flow with type hints
+            import pydantic
 
-        validated = dict(parameters)
-        problems = []
-        for name, adapter in adapters.items():
-            if name not in parameters or isinstance(parameters[name], (PrefectFuture, State)):
-                continue
-            try:
-                validated[name] = adapter.validate_python(parameters[name])
-            except pydantic.ValidationError as exc:
-                problems += [f"{'.'.join(map(str, (name, *err['loc'])))}: {err['msg']}" for err in exc.errors()]
+            for name, adapter in adapters.items():
+                if name not in validated or isinstance(validated[name], (PrefectFuture, State)):
+                    continue
+                try:
+                    validated[name] = adapter.validate_python(validated[name])
+                except pydantic.ValidationError as exc:
+                    problems += [f"{'.'.join(map(str, (name, *err['loc'])))}: {err['msg']}" for err in exc.errors()]
         if problems:
             raise ParameterTypeError(
                 "Flow run received invalid parameters:\n - " + "\n - ".join(problems) + f"\nFlow {self.name!r}: "
@@ -127,6 +133,7 @@ class Flow(MethodDescriptor, Generic[P, R]):
         return validated
 
     def _type_adapters(self) -> dict[str, Any]:
+        """A pydantic TypeAdapter per hinted parameter (``*args: T`` checks each item, ``**kwargs: T`` each value)."""
         if self._adapters is None:
             self._adapters = {}
             try:
@@ -134,10 +141,14 @@ class Flow(MethodDescriptor, Generic[P, R]):
             except Exception:
                 hints = getattr(self.fn, "__annotations__", {})
             hints = {k: v for k, v in hints.items() if k != "return" and k in self.signature.names}
-            if hints and not (self.signature.var_positional or self.signature.var_keyword):
+            if hints:
                 import pydantic
 
                 for name, hint in hints.items():
+                    if name == self.signature.var_positional:
+                        hint = tuple[hint, ...]
+                    elif name == self.signature.var_keyword:
+                        hint = dict[str, hint]
                     try:
                         self._adapters[name] = pydantic.TypeAdapter(
                             hint, config=pydantic.ConfigDict(arbitrary_types_allowed=True)
@@ -212,15 +223,19 @@ class Flow(MethodDescriptor, Generic[P, R]):
 
 
 def _call_lifecycle(flow: Flow, flow_run: FlowRun, wait_for: Iterable[Any] | None) -> Generator[Any, Any, State]:
-    """A flow call: wait for ``wait_for``, check the parameters, then run the body.
+    """A flow call: wait for its upstream runs, resolve its arguments, check them, then run the body.
 
-    As in Prefect, a subflow whose upstream did not complete stays
+    As in Prefect, futures and states among the arguments (at any depth, as
+    for a task run) are waited for and replaced by their results; a subflow
+    whose upstream (an argument or ``wait_for``) did not complete stays
     ``Pending("NotReady")``, and invalid parameters end the run Failed (its
     on_failure hooks called) without running the body or retrying.
     """
-    state = yield from _wait_for_upstream(wait_for)
+    state, needs_resolve = yield from _wait_for_upstream(flow_run.parameters, wait_for)
     if state is None:
         try:
+            if needs_resolve:
+                flow_run.parameters = resolve(flow_run.parameters)
             flow_run.parameters = flow.validate_parameters(flow_run.parameters)
         except Exception as exc:
             message = f"Validation of flow parameters failed with error: {type(exc).__name__}: {exc}"
@@ -235,18 +250,21 @@ def _call_lifecycle(flow: Flow, flow_run: FlowRun, wait_for: Iterable[Any] | Non
     return state
 
 
-def _wait_for_upstream(wait_for: Iterable[Any] | None) -> Generator[Any, Any, State | None]:
-    """Wait for the task runs and states in ``wait_for``; ``NotReady`` if one does not admit the run.
+def _wait_for_upstream(
+    parameters: dict[str, Any], wait_for: Iterable[Any] | None
+) -> Generator[Any, Any, tuple[State | None, bool]]:
+    """Wait for the task runs and states among the arguments and in ``wait_for``.
 
-    The same rule as for a task run (``engine.admits``): ``allow_failure``
-    lets through an upstream that failed or never ran, not one that was
-    cancelled or crashed.
+    Returns ``(NotReady, _)`` if one does not admit the run, by the same rule
+    as for a task run (``engine.admits``: ``allow_failure`` lets through an
+    upstream that failed or never ran, not one that was cancelled or
+    crashed), else ``(None, needs_resolve)``: whether the arguments hold
+    futures, states or annotations to replace.
     """
-    if not wait_for:
-        return None
-    from nbflow.resolve import collect
-
-    deps, _ = collect({}, list(wait_for))
+    wait_for = list(wait_for) if wait_for else None
+    if dependencies(parameters, wait_for) is None:  # plain values only: nothing to wait for
+        return None, False
+    deps, needs_resolve = collect(parameters, wait_for)
     runs = [dep for dep, _ in deps if isinstance(dep, TaskRun)]
     for run in runs:
         run.mark_resolved()
@@ -256,8 +274,8 @@ def _wait_for_upstream(wait_for: Iterable[Any] | None) -> Generator[Any, Any, St
     for dep, allowed in deps:
         state = dep if isinstance(dep, State) else dep.state
         if not engine.admits(state, allowed):
-            return S.NotReady(message=engine.upstream_message(dep, state))
-    return None
+            return S.NotReady(message=engine.upstream_message(dep, state)), False
+    return None, needs_resolve
 
 
 def _end_escaped(flow_run: FlowRun, exc: BaseException) -> None:
@@ -300,6 +318,8 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
 
     install_capture()
     flow_token = flow_run_var.set(flow_run)
+    calling = task_run_var.get()
+    calling_token = calling_task_run_var.set(calling) if calling is not None else None  # nbflow.runtime.task_run reads it
     task_token = task_run_var.set(None)  # a subflow called in a task owns its body's runs
     try:
         if flow.flow_run_name is not None:
@@ -326,6 +346,8 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
             except KeyboardInterrupt as interrupt:
                 ok, value = False, interrupt
             state = _body_state(flow_run, ok, value, what, flow.timeout_seconds)
+            # As in Prefect, on_cancellation is for a run that was cancelled, not one whose body returned Cancelled.
+            returned_cancelled = ok and state.is_cancelled() and flow_run.cancel_reason is None
             if flow_run.cancel_reason is not None and not state.is_cancelled():
                 state = S.Cancelled(
                     message=f"{what} was cancelled ({flow_run.cancel_reason}): task runs that had "
@@ -350,12 +372,14 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
             break
         flow_run.crash_unfinished_subflows()
         flow_run.set_state(state)
-        hooks = engine.final_hooks(flow, state)
+        hooks = None if returned_cancelled else engine.final_hooks(flow, state)
         if hooks:
             yield (engine.HOOKS, hooks, flow, flow_run, state)
         return state
     finally:
         task_run_var.reset(task_token)
+        if calling_token is not None:
+            calling_task_run_var.reset(calling_token)
         flow_run_var.reset(flow_token)
 
 

@@ -8,6 +8,7 @@ polling): ``wait`` and ``as_completed`` cost one callback per future.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 import uuid
@@ -16,6 +17,8 @@ from typing import Any, Generic, Iterable, Iterator, NamedTuple, TypeVar
 from nbflow.completion import Countdown, blocking_wait, wait_step
 from nbflow.records import TaskRun
 from nbflow.states import State
+
+logger = logging.getLogger("nbflow.futures")
 
 R = TypeVar("R")
 
@@ -73,8 +76,20 @@ class PrefectFuture(Generic[R]):
         return run.states[-1].result(raise_on_failure=raise_on_failure)
 
     def add_done_callback(self, fn: Any) -> None:
-        """Call ``fn(future)`` once the run is over (at once if it already is)."""
-        self._run.add_done_callback(lambda _run: fn(self))
+        """Call ``fn(future)`` once the run is over (at once if it already is).
+
+        As with ``concurrent.futures`` (and Prefect), an exception ``fn`` raises
+        is logged, never raised: not into the caller, nor into the thread that
+        ended the run, whose other callbacks still run.
+        """
+
+        def call(_run: Any) -> None:
+            try:
+                fn(self)
+            except Exception:
+                logger.exception("Done callback %r of task run %r raised", fn, self._run.name)
+
+        self._run.add_done_callback(call)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PrefectFuture) and other._run is self._run

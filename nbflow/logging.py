@@ -308,30 +308,34 @@ def _adapter(base: logging.Logger, run: Any) -> RunLoggerAdapter:
             "task_run_id": str(run.id),
             "task_name": run.task.name,
             "flow_run_name": run.flow_run.name if run.flow_run is not None else None,
+            "flow_run_id": str(run.flow_run.id) if run.flow_run is not None else None,
+            "flow_name": run.flow_run.flow_name if run.flow_run is not None else None,
         }
     else:
         extra = {"flow_run_name": run.name, "flow_run_id": str(run.id), "flow_name": run.flow_name}
     return RunLoggerAdapter(base, extra)
 
 
-def get_run_logger(**extra: Any) -> logging.LoggerAdapter:
-    """The logger of the task run or flow run executing here.
+def get_run_logger(context: Any = None, **extra: Any) -> logging.LoggerAdapter:
+    """The logger of the task run or flow run executing here (or of ``context``, a run record).
 
     Records go through the standard ``logging`` module (to the root logger's
-    handlers) and, inside a task run, into the run's captured output.
+    handlers) and, inside a task run, into the run's captured output. Their
+    ``extra`` names the run as Prefect's do (``task_run_name``, ``task_run_id``,
+    ``task_name``, ``flow_run_name``, ``flow_run_id``, ``flow_name``), plus ``extra``.
     """
-    run = task_run_var.get()
-    if run is not None:
-        adapter = _adapter(task_run_logger, run)
-    else:
-        flow_run = current_flow_run()
-        if flow_run is None:
-            raise MissingContextError(
-                "There is no active flow or task run context: get_run_logger() was called "
-                "outside a flow or task run. Call it inside a "
-                "function decorated with @flow or @task, or use logging.getLogger(...) here."
-            )
-        adapter = _adapter(flow_run_logger, flow_run)
+    from nbflow.records import TaskRun
+
+    run = context if context is not None else task_run_var.get()
+    if run is None:
+        run = current_flow_run()
+    if run is None:
+        raise MissingContextError(
+            "There is no active flow or task run context: get_run_logger() was called "
+            "outside a flow or task run. Call it inside a "
+            "function decorated with @flow or @task, or use logging.getLogger(...) here."
+        )
+    adapter = _adapter(task_run_logger if isinstance(run, TaskRun) else flow_run_logger, run)
     adapter.extra = {**(adapter.extra or {}), **extra}
     return adapter
 

@@ -95,6 +95,16 @@ class RunReading:
         return self.states[-1]
 
     @property
+    def state_name(self) -> str:
+        """The latest state's name (as Prefect's run objects have it)."""
+        return self.state.name
+
+    @property
+    def state_type(self) -> StateType:
+        """The latest state's type (as Prefect's run objects have it)."""
+        return self.state.type
+
+    @property
     def duration(self) -> float | None:
         return _duration(self.start_time, self.end_time)
 
@@ -123,6 +133,7 @@ class TaskRun(RunId, TaskRunReading, Completion):
         "_call",
         "_context",
         "_dependencies",
+        "_ending",
         "_id",
         "_inputs",
         "_name",
@@ -181,6 +192,7 @@ class TaskRun(RunId, TaskRunReading, Completion):
         self._context = context
         self._inputs: dict[str, Any] | None = None  # resolved arguments while it executes
         self._returned: Any = NOTHING  # what the last attempt returned, when that was state-like
+        self._ending: State | None = None  # the state it ends in, while its final hooks run
         self.upstream: tuple[TaskRun, ...] = ()
         if dependencies:
             upstream: dict[TaskRun, None] = {}
@@ -302,11 +314,22 @@ class TaskRun(RunId, TaskRunReading, Completion):
         """The resolved arguments of the executing run (None once it stops executing)."""
         self._inputs = inputs
 
+    @property
+    def state(self) -> State:
+        """The latest state; while the run's final hooks run, the state it is ending in (as Prefect's hooks see it)."""
+        ending = self._ending
+        return self.states[-1] if ending is None else ending
+
+    def ending(self, state: State) -> None:
+        """Note the state the run is about to end in: its final hooks run before :meth:`finish`."""
+        self._ending = state
+
     def finish(self, state: State) -> bool:
         """Enter the state that ends the run; wakes waiters and runs callbacks.
 
         Returns False (and changes nothing) if the run had already ended.
         """
+        self._ending = None
         state.mark_run(self._id)
         return self._end(lambda: self.states.append(state))
 
@@ -586,10 +609,10 @@ class FlowRun(RunId, FlowRunReading):
         return sum(max(0, n - counts.get(key, 0)) for key, n in list(self._expected.items()))
 
     def start_attempt(self, task_runner: TaskRunner) -> State:
-        """Begin an attempt with a fresh ``task_runner``: enter Running (Retrying after the first)."""
+        """Begin an attempt with a fresh ``task_runner``: enter Running (every attempt, as Prefect's flow runs do)."""
         self.run_count += 1
         self.task_runner = task_runner
-        state = Running() if self.run_count == 1 else Retrying()
+        state = Running()
         self.set_state(state)
         return state
 

@@ -33,8 +33,13 @@ class StateType(str, enum.Enum):
     PAUSED = "PAUSED"
     CANCELLING = "CANCELLING"
 
-    def __str__(self) -> str:
-        return self.value
+    def __repr__(self) -> str:  # Prefect's form, in str(), repr() and f-strings alike
+        return f"StateType.{self.name}"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return format(repr(self), spec)
 
 
 TERMINAL_STATES = frozenset(
@@ -240,6 +245,8 @@ Late = _constructor(StateType.SCHEDULED, "Late")
 TimedOut = _constructor(StateType.FAILED, "TimedOut")
 Cached = _constructor(StateType.COMPLETED, "Cached")
 NotReady = _constructor(StateType.PENDING, "NotReady")
+Suspended = _constructor(StateType.PAUSED, "Suspended")
+AwaitingConcurrencySlot = _constructor(StateType.SCHEDULED, "AwaitingConcurrencySlot")
 
 # The exception type raised for each failure state with no exception of its own, and its default message.
 _WRAPPERS = {
@@ -296,6 +303,47 @@ def is_state_iterable(value: Any) -> bool:
     )
 
 
+class StateGroup:
+    """Counts over a group of states (what a run returning several states is judged by), as Prefect's."""
+
+    def __init__(self, states: list[State]) -> None:
+        self.states = states
+        self.type_counts = collections.Counter(state.type for state in states)
+        self.total_count = len(states)
+        self.cancelled_count = self.type_counts[StateType.CANCELLED]
+        self.final_count = sum(1 for state in states if state.is_final())
+        self.not_final_count = self.total_count - self.final_count
+        self.paused_count = self.type_counts[StateType.PAUSED]
+
+    @property
+    def fail_count(self) -> int:
+        """Failed and crashed states."""
+        return self.type_counts[StateType.FAILED] + self.type_counts[StateType.CRASHED]
+
+    def all_completed(self) -> bool:
+        return self.type_counts[StateType.COMPLETED] == self.total_count
+
+    def any_cancelled(self) -> bool:
+        return self.cancelled_count > 0
+
+    def any_failed(self) -> bool:
+        return self.fail_count > 0
+
+    def any_paused(self) -> bool:
+        return self.paused_count > 0
+
+    def all_final(self) -> bool:
+        return self.final_count == self.total_count
+
+    def counts_message(self) -> str:
+        """``total=3, 'COMPLETED'=1, 'FAILED'=2``: the count of each type present."""
+        counts = [f"total={self.total_count}"] + [f"{t.value!r}={n}" for t, n in self.type_counts.items()]
+        return ", ".join(counts)
+
+    def __repr__(self) -> str:
+        return f"StateGroup<{self.counts_message()}>"
+
+
 def return_value_to_state(value: Any) -> State:
     """The final state of a run whose function returned ``value`` (tasks and flows alike).
 
@@ -320,19 +368,17 @@ def return_value_to_state(value: Any) -> State:
 
 
 def _aggregate(states: list[State], value: Any) -> State:
-    total = len(states)
-    counts = collections.Counter(s.type for s in states)
-    failed = counts[StateType.FAILED] + counts[StateType.CRASHED]
-    if counts[StateType.COMPLETED] == total:
+    group = StateGroup(states)
+    total = group.total_count
+    if group.all_completed():
         return Completed(message="All states completed.", data=value)
-    if counts[StateType.CANCELLED]:
-        return Cancelled(message=f"{counts[StateType.CANCELLED]}/{total} states cancelled.", data=value)
-    if counts[StateType.PAUSED]:
-        return Paused(message=f"{counts[StateType.PAUSED]}/{total} states paused.", data=value)
-    if failed:
-        return Failed(message=f"{failed}/{total} states failed.", data=value)
-    not_final = sum(1 for s in states if not s.is_final())
-    return Failed(message=f"{not_final}/{total} states are not final.", data=value)
+    if group.any_cancelled():
+        return Cancelled(message=f"{group.cancelled_count}/{total} states cancelled.", data=value)
+    if group.any_paused():
+        return Paused(message=f"{group.paused_count}/{total} states paused.", data=value)
+    if group.any_failed():
+        return Failed(message=f"{group.fail_count}/{total} states failed.", data=value)
+    return Failed(message=f"{group.not_final_count}/{total} states are not final.", data=value)
 
 
 __all__ = [
@@ -354,6 +400,9 @@ __all__ = [
     "TimedOut",
     "Cached",
     "NotReady",
+    "Suspended",
+    "AwaitingConcurrencySlot",
+    "StateGroup",
     "get_state_exception",
     "raise_state_exception",
     "is_state_iterable",

@@ -327,11 +327,12 @@ task.__signature__ = TASK_OPTIONS.signature(  # type: ignore[attr-defined]
 
 
 def task_input_hash(context: Any, arguments: dict[str, Any]) -> str | None:
-    """A cache key from the task's identity and its arguments (for ``cache_key_fn``)."""
+    """A cache key from the task's identity and its arguments (for ``cache_key_fn``); None if they cannot be pickled."""
     import cloudpickle
 
+    task_key = context.task.task_key  # as in Prefect, a missing context is an AttributeError
     try:
-        payload = cloudpickle.dumps((context.task.task_key, sorted(arguments.items(), key=lambda kv: kv[0])))
+        payload = cloudpickle.dumps((task_key, sorted(arguments.items(), key=lambda kv: kv[0])))
     except Exception:
         return None
     return hashlib.sha256(payload).hexdigest()

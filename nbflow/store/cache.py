@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from nbflow import cache_policies, settings
+from nbflow.exceptions import InvalidCacheKey
 from nbflow import states as S
 from nbflow.store.results import ResultStore, StoreError
 
@@ -210,6 +211,8 @@ def open_entry(task: Any, run: Any, parameters: dict[str, Any], policy: Any, per
     flow_run = run.flow_run
     try:
         parts = key_parts(task, run, parameters, policy, flow_run.parameters if flow_run is not None else {})
+    except InvalidCacheKey:
+        raise  # the run fails (task_lifecycle), as in Prefect
     except Exception as exc:
         logger.warning(
             "Task run %r: Error encountered when computing cache key - result will not be persisted. %s",
