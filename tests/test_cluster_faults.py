@@ -100,37 +100,6 @@ def test_a_worker_killed_mid_map_keeps_what_completed(engine, tmp_path):  # noqa
     assert unfinished(seen["flow_run"]) == []
 
 
-def test_a_cancel_mid_map_keeps_what_completed_and_cancels_the_rest(engine, tmp_path, wait_until):  # noqa: F811
-    gate = str(tmp_path / "gate")  # opened on teardown: a Dask worker thread cannot be stopped
-
-    @task
-    def work(x):
-        if x >= 2:
-            wait_for_file(gate)
-        return x
-
-    seen = {}
-
-    @flow(task_runner=engine.runner())
-    def f():
-        futures = work.map(range(6))
-        assert wait_until(lambda: all(future.state.is_completed() for future in futures[:2]))
-        seen["runs"] = [future.task_run for future in futures]
-        seen["flow_run"] = current_flow_run()
-        cancel_flow_run(current_flow_run())
-        return "cancelled"
-
-    try:
-        state = f(return_state=True)
-        assert state.is_cancelled()
-        runs = seen["runs"]
-        assert [run.state.result() for run in runs[:2]] == [0, 1]
-        assert all(run.state.is_cancelled() for run in runs[2:]), [run.state.name for run in runs]
-        assert unfinished(seen["flow_run"]) == []
-    finally:
-        open(gate, "w").close()
-
-
 def test_one_unpicklable_argument_or_result_in_a_map_fails_only_its_run(engine):  # noqa: F811
     import threading
 
@@ -157,7 +126,8 @@ def test_one_unpicklable_argument_or_result_in_a_map_fails_only_its_run(engine):
     assert unfinished(seen["flow_run"]) == []
 
 
-def test_a_kernel_interrupt_mid_map_keeps_what_completed_and_cancels_the_rest(engine, tmp_path, wait_until):  # noqa: F811
+@pytest.mark.parametrize("stop", ["cancel_flow_run", "real Ctrl-C"])
+def test_a_cancel_or_interrupt_mid_map_keeps_what_completed_and_cancels_the_rest(engine, tmp_path, wait_until, stop):  # noqa: F811
     import signal
 
     gate = str(tmp_path / "gate")  # opened on teardown: a Dask worker thread cannot be stopped
@@ -176,12 +146,18 @@ def test_a_kernel_interrupt_mid_map_keeps_what_completed_and_cancels_the_rest(en
         seen["runs"] = [future.task_run for future in futures]
         seen["flow_run"] = current_flow_run()
         assert wait_until(lambda: all(future.state.is_completed() for future in futures[:2]))
+        if stop == "cancel_flow_run":
+            cancel_flow_run(current_flow_run())
+            return "cancelled"
         os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C while the flow waits on the cluster
         futures.wait()
 
     try:
-        with pytest.raises(KeyboardInterrupt):
-            f()
+        if stop == "cancel_flow_run":
+            assert f(return_state=True).is_cancelled()
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                f()
         runs = seen["runs"]
         assert seen["flow_run"].state.is_cancelled()
         assert [run.state.result() for run in runs[:2]] == [0, 1]

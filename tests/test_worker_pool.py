@@ -178,15 +178,21 @@ def test_a_continuation_of_an_abandoned_worker_runs_even_after_shutdown():
     stuck.gate.set()
 
 
+def _items_waiting_on_each_other(n: int) -> tuple[Probe, WorkerPool, threading.Barrier]:
+    """``n`` items that can only end once all of them run at once, on a pool with 2 eager threads; once ended."""
+    probe = Probe()
+    pool = WorkerPool(probe, 1_000, "test-pool", eager=2)
+    barrier = threading.Barrier(n, timeout=SAFETY)
+    for _ in range(n):
+        pool.submit(barrier.wait)
+    probe.wait_for(n)
+    return probe, pool, barrier
+
+
 def test_past_the_eager_threads_work_that_waits_gets_threads_until_all_of_it_runs_at_once():
     # 40 items that all wait for each other: with 2 eager threads they can only finish if
     # the pool adds threads for work that waits (a thread per task, as with no cap).
-    probe = Probe()
-    pool = WorkerPool(probe, 1_000, "test-pool", eager=2)
-    barrier = threading.Barrier(40, timeout=SAFETY)
-    for _ in range(40):
-        pool.submit(barrier.wait)
-    probe.wait_for(40)
+    probe, pool, barrier = _items_waiting_on_each_other(40)
     pool.shutdown()
     assert probe.peak == 40 and not barrier.broken
 
@@ -240,12 +246,7 @@ def test_threads_added_for_waiting_work_leave_once_idle(monkeypatch):
     from nbflow.runners import worker_pool
 
     monkeypatch.setattr(worker_pool, "IDLE_EXIT", 0.05)
-    probe = Probe()
-    pool = WorkerPool(probe, 1_000, "test-pool", eager=2)
-    barrier = threading.Barrier(20, timeout=SAFETY)
-    for _ in range(20):
-        pool.submit(barrier.wait)
-    probe.wait_for(20)
+    probe, pool, _ = _items_waiting_on_each_other(20)
     assert probe.peak == 20
     left = threading.Event()
     for _ in range(int(SAFETY / 0.01)):  # wait for the condition, not for a time
