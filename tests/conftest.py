@@ -48,15 +48,19 @@ def nbflow_home(tmp_path, monkeypatch):
     history.stop()  # each home's history writer and result store have a thread and open
     cache.close_stores()  # files: let them go now
     assert not [t for t in threading.enumerate() if t.name.startswith("nbflow-history")], "a writer outlived its test"
+    assert not [c for c in nbflow.events.flow_state if isinstance(getattr(c, "__self__", None), history.HistoryWriter)], \
+        "a stopped history writer is still subscribed"
 
 
 @pytest.fixture(autouse=True)
 def _no_leftover_subscribers():
-    """A test's event subscribers never outlive it."""
+    """A test's event subscribers never outlive it (and those it unsubscribed stay unsubscribed)."""
     before = {kind: getattr(nbflow.events, kind.replace("-", "_")) for kind in nbflow.events.KINDS}
     yield
     for kind, callbacks in before.items():
-        setattr(nbflow.events, kind.replace("-", "_"), callbacks)
+        name = kind.replace("-", "_")
+        kept = tuple(c for c in getattr(nbflow.events, name) if any(c is b for b in callbacks))
+        setattr(nbflow.events, name, kept)
 
 
 class EventLog:

@@ -972,8 +972,9 @@ def start(path: Path | None = None, **options: Any) -> HistoryWriter:
         writer = _writers.get(path)
         if writer is not None and writer._thread.is_alive():
             return writer
-        writer = _writers[path] = HistoryWriter(path, **options)
-    return writer.start()
+        # Started under the lock: a stop() from another thread sees it subscribed, never half-started.
+        writer = _writers[path] = HistoryWriter(path, **options).start()
+    return writer
 
 
 def current(path: Path | None = None) -> HistoryWriter | None:
