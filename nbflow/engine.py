@@ -36,6 +36,7 @@ import functools
 import inspect
 import logging
 import random
+import re
 import sys
 import threading
 import time
@@ -585,14 +586,27 @@ def admits(state: State, failure_allowed: bool) -> bool:
 
 
 def upstream_message(dep: TaskRun | State, state: State) -> str:
-    """Why a run waiting on ``dep`` (a task run now in ``state``, or a State) cannot start."""
+    """Why a run waiting on ``dep`` (a task run now in ``state``, or a State) cannot start.
+
+    Prefect's sentence, then the root cause: down a chain of NotReady runs,
+    the run that failed, named once (so messages do not grow with the chain).
+    """
     if not isinstance(dep, TaskRun):
-        return f"Upstream state {state} did not complete."
-    what = f"Upstream task run {dep.name!r}"
+        return f"Upstream state {state} did not reach a 'COMPLETED' state."
     if state.type is StateType.PENDING and state.name == "NotReady":
-        return f"{what} did not run: {state.message}"
-    error = f": {state.data!r}" if isinstance(state.data, BaseException) else ""
-    return f"{what} is {state.name}{error}."
+        # The root is read off the upstream's own message: on a cluster's worker, upstream records are stand-ins.
+        found = _UPSTREAM_WORDS.fullmatch(state.message or "")
+        why = "NotReady"
+        if found is not None:
+            root = found["why"]
+            why += ": " + (root.removeprefix("NotReady: ") if root.startswith("NotReady: ")
+                           else f"task run {found['name']} {root}")
+    else:
+        why = f"{state.name}: {state.data!r}" if isinstance(state.data, BaseException) else state.name
+    return f"Upstream task run {dep.name!r} did not reach a 'COMPLETED' state ({why})."
+
+
+_UPSTREAM_WORDS = re.compile(r"Upstream task run (?P<name>.+?) did not reach a 'COMPLETED' state \((?P<why>.+)\)\.", re.S)
 
 
 def run_here(run: TaskRun) -> State:

@@ -60,11 +60,11 @@ class MissingResult(PrefectException):
     """A state holds no result (e.g. a cache entry that expired)."""
 
 
-class MappingLengthMismatch(PrefectException, ValueError):
+class MappingLengthMismatch(PrefectException):
     """``Task.map`` got iterables of different lengths."""
 
 
-class MappingMissingIterable(PrefectException, ValueError):
+class MappingMissingIterable(PrefectException):
     """``Task.map`` got no iterable argument to map over."""
 
 
@@ -76,7 +76,7 @@ class ParameterBindError(PrefectException, TypeError):
     """Arguments do not fit the signature of the task or flow."""
 
 
-class ParameterTypeError(PrefectException, TypeError):
+class ParameterTypeError(PrefectException):
     """A flow parameter failed validation against its type hint."""
 
 
@@ -129,7 +129,7 @@ class FlowRunTimeoutError(PrefectException, TimeoutError):
     """A flow run ran longer than its ``timeout_seconds``."""
 
 
-class SerializationError(PrefectException, TypeError):
+class SerializationError(PrefectException):
     """An argument or result could not be pickled for a process or cluster runner."""
 
 

@@ -257,6 +257,8 @@ def _inline_outcome(run: TaskRun, state: State, return_state: bool) -> Any:
         return state
     if run.returned is not NOTHING:
         return run.returned
+    if state.name == "NotReady" and state.is_pending():  # Prefect's inline call gives None (the record says why)
+        return None
     return state.result()
 
 

@@ -14,7 +14,7 @@ import pytest
 import nbflow
 import nbflow.runtime
 from nbflow import flow, task
-from nbflow.exceptions import FlowRunTimeoutError, UnfinishedTaskRunsWarning
+from nbflow.exceptions import FlowRunTimeoutError, ParameterTypeError, UnfinishedTaskRunsWarning
 from nbflow.runs import last_flow_run
 from nbflow.states import State, StateType
 from nbflow.task_runners import ThreadPoolTaskRunner
@@ -419,16 +419,17 @@ def test_validate_parameters_false_passes_values_untouched():
     assert f("5") == "5"
 
 
-def test_invalid_flow_parameters_raise_type_error_naming_flow_and_fix():
+def test_invalid_flow_parameters_raise_parameter_type_error_naming_flow_and_fix():
     @flow
     def typed_flow(x: int):
         return x
 
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(ParameterTypeError) as info:
         typed_flow("not a number")
     message = str(info.value)
     assert "typed-flow" in message and "x" in message
     assert "validate_parameters=False" in message
+    assert not isinstance(info.value, TypeError)  # as in Prefect 3.9.1
 
 
 def test_flow_bad_arguments_raise_type_error():

@@ -46,7 +46,7 @@ def make_pipeline(failing: set[int]):
     def pipeline(n: int, label: str = "x") -> int:
         loads = load.map(range(n))
         loads.wait()  # every item ends before the total fails: the counts are certain
-        return total(loads)
+        return total.submit(loads).result()  # a NotReady total raises: the flow run fails
 
     return pipeline
 

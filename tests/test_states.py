@@ -138,7 +138,7 @@ def test_a_subflow_blocked_by_a_failed_state_names_the_state():
         return child(2, wait_for=[allow_failure(Completed()), Failed(message="gone")], return_state=True)
 
     state = parent(return_state=True).result(raise_on_failure=False)
-    assert state.message == "Upstream state Failed('gone') did not complete."
+    assert state.message == "Upstream state Failed('gone') did not reach a 'COMPLETED' state."
 
 
 def test_a_subflow_waits_for_its_upstream_before_running(gate, open_gate_on_wait):

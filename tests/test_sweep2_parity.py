@@ -299,7 +299,7 @@ def test_a_subflow_given_a_failed_future_is_not_ready_unless_failure_is_allowed(
 
     blocked, allowed = parent()
     assert (blocked.type, blocked.name) == (S.StateType.PENDING, "NotReady")
-    assert "is Failed: ValueError('boom')" in blocked.message
+    assert "did not reach a 'COMPLETED' state (Failed: ValueError('boom'))" in blocked.message
     assert isinstance(allowed, ValueError) and len(ran) == 1
 
 

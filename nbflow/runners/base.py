@@ -13,10 +13,11 @@ import io
 from collections.abc import Iterable
 from typing import Any
 
-from nbflow.annotations import BaseAnnotation, unmapped
+from nbflow.annotations import BaseAnnotation, allow_failure, unmapped
 from nbflow.completion import when_all_done
 from nbflow.context import current_flow_run
-from nbflow.exceptions import MappingLengthMismatch, MappingMissingIterable
+from nbflow.engine import admits, upstream_message
+from nbflow.exceptions import MappingLengthMismatch, MappingMissingIterable, UpstreamTaskError
 from nbflow.futures import PrefectConcurrentFuture, PrefectFuture, PrefectFutureList
 from nbflow.records import TaskRun
 from nbflow.states import State
@@ -113,7 +114,7 @@ class TaskRunner(abc.ABC):
             if isinstance(value, BaseAnnotation):
                 annotation, value = type(value), value.value
             if isinstance(value, (PrefectFuture, State)):
-                value = _settled(value)  # a future or state of a list maps over its elements
+                value = _settled(task, name, value, annotation)  # a future or state of a list maps over its elements
             if _is_mappable(value):
                 mapped[name] = (list(value), annotation)
             else:
@@ -175,16 +176,26 @@ class TaskRunner(abc.ABC):
         return f"{type(self).__name__}()"
 
 
-def _settled(value: PrefectFuture | State) -> Any:
-    """A future's (waited for) or a state's value if it completed; else the future or state itself.
+def _settled(task: Task, name: str, value: PrefectFuture | State, annotation: type | None) -> Any:
+    """A future's (waited for) or a state's value if it completed.
 
-    What did not complete is not mapped over: it is passed to every run, whose
-    own upstream rules (NotReady, ``allow_failure``) then apply.
+    As in Prefect, what did not complete cannot be mapped over: .map() raises
+    UpstreamTaskError, unless ``allow_failure`` lets a failed (or NotReady)
+    upstream through, passed whole to every run.
     """
     if isinstance(value, PrefectFuture):
         value.wait()
-        return value.result() if value.state.is_completed() else value
-    return value.result() if value.is_completed() else value
+        dep: Any = value.task_run if isinstance(value.task_run, TaskRun) else value.state
+        state = value.state
+        if not state.is_final() and state.name != "NotReady":  # a placeholder (a visualize trace)
+            return value
+    else:
+        dep = state = value
+    if state.is_completed():
+        return state.result()
+    if admits(state, annotation is allow_failure):
+        return value
+    raise UpstreamTaskError(f"Task {task.name!r}: .map() cannot map over {name}: {upstream_message(dep, state)}")
 
 
 def _collapse_var_keyword(call: dict[str, Any], signature: Any) -> dict[str, Any]:
