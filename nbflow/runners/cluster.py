@@ -230,7 +230,8 @@ class ClusterTaskRunner(TaskRunner):
 
     def stop_remote(self, run: TaskRun) -> None:
         """Stop ``run``'s work on the engine (its :class:`Remote` hold asks, as it ends here)."""
-        handle = self._handles.get(run)
+        # Given up first: the engine's report of the stopped work (cancelled, or late) is then ignored.
+        handle = self._handles.pop(run, None)
         if handle is not None:
             self._stop_work(run, handle)
 
