@@ -1084,7 +1084,7 @@ class ResultStore:
                 continue
             path = self._path(key)
             on_disk = _created_of(path, key)
-            if on_disk is not None and on_disk != _NO_FILE and on_disk > created:
+            if on_disk is not None and on_disk > created:  # (_NO_FILE is never later)
                 continue  # rewritten since it was indexed: it is not the entry this row describes
             _unlink(path)
             gone.append((key,))
