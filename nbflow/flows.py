@@ -301,7 +301,7 @@ def _end_escaped(flow_run: FlowRun, exc: BaseException) -> None:
 
 def _outcome(flow_run: FlowRun, state: State, return_state: bool) -> Any:
     """What a flow call gives its caller once the run ended in ``state``."""
-    state.mark_run(flow_run.int_id)  # a run's state: a parent flow returning it aggregates it
+    state.mark_run(flow_run.int_id, task=False)  # a run's state: a parent flow returning it aggregates it
     if isinstance(state.data, (KeyboardInterrupt, SystemExit)):
         raise engine.surfacing(state.data)
     if return_state:

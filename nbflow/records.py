@@ -330,7 +330,8 @@ class TaskRun(RunId, TaskRunReading, Completion):
         Returns False (and changes nothing) if the run had already ended.
         """
         self._ending = None
-        state.mark_run(self._id)
+        flow_run = self.flow_run
+        state.mark_run(self._id, None if flow_run is None else flow_run.int_id)
         return self._end(lambda: self.states.append(state))
 
     def _ended(self) -> None:

@@ -12,6 +12,8 @@ import datetime
 import enum
 import time
 import types
+import uuid
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from nbflow.annotations import BaseAnnotation
@@ -48,6 +50,40 @@ TERMINAL_STATES = frozenset(
 
 _DEFAULT_NAMES = {t: t.value.title() for t in StateType}
 
+#: ``State._of`` of a flow run's state (a task run's holds its flow run's id, or this outside a flow).
+_FLOW_RUN, _NO_FLOW = object(), object()
+
+
+@dataclass
+class StateDetails:
+    """Prefect's ``state.state_details``: which runs a state belongs to, and the rest of Prefect's fields.
+
+    Runs execute in this process, so the fields about deployments, pauses and
+    the server's transitions keep their defaults.
+    """
+
+    flow_run_id: uuid.UUID | None = None
+    task_run_id: uuid.UUID | None = None
+    child_flow_run_id: uuid.UUID | None = None
+    scheduled_time: datetime.datetime | None = None
+    cache_key: str | None = None
+    cache_expiration: datetime.datetime | None = None
+    deferred: bool | None = None
+    untrackable_result: bool = False
+    pause_timeout: datetime.datetime | None = None
+    pause_reschedule: bool = False
+    pause_key: str | None = None
+    run_input_keyset: dict[str, str] | None = None
+    refresh_cache: bool | None = None
+    retriable: bool | None = None
+    transition_id: uuid.UUID | None = None
+    task_parameters_id: uuid.UUID | None = None
+    traceparent: str | None = None
+    deployment_concurrency_lease_id: uuid.UUID | None = None
+
+    def __str__(self) -> str:  # pydantic's form, as Prefect prints it
+        return " ".join(f"{name}={value!r}" for name, value in vars(self).items())
+
 
 class State(Generic[R]):
     """The state of a run at one moment.
@@ -60,8 +96,9 @@ class State(Generic[R]):
     # made by hand), so a run can tell a returned run state from a state it
     # should take as its own. _returned: ``data`` is exactly what the run's
     # function returned (see return_value_to_state), which a flow call hands
-    # back as is.
-    __slots__ = ("type", "name", "message", "data", "_ts", "_run_id", "_returned")
+    # back as is. _of: which flow run that run belongs to (see mark_run), until
+    # state_details is asked for, then the StateDetails. _id: the UUID, made when asked for.
+    __slots__ = ("type", "name", "message", "data", "_ts", "_run_id", "_returned", "_of", "_id")
 
     def __init__(
         self,
@@ -78,13 +115,41 @@ class State(Generic[R]):
         self._ts = time.time() if timestamp is None else timestamp
         self._run_id: int | None = None
         self._returned = False
+        self._of: Any = None
+        self._id: uuid.UUID | None = None
 
     # -- pickling (slots, and states cross process boundaries) --------------
     def __getstate__(self) -> tuple:
-        return (self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned)
+        return (self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned, self.id)
 
     def __setstate__(self, s: tuple) -> None:
-        self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned = s
+        self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned, self._id = s
+        self._of = None  # the driver's record marks it again when it takes it
+
+    @property
+    def id(self) -> uuid.UUID:
+        """The state's own id (as Prefect's ``State.id``), made the first time it is asked for."""
+        if self._id is None:
+            self._id = uuid.uuid4()
+        return self._id
+
+    @property
+    def state_details(self) -> StateDetails:
+        """The ids of the flow run and task run this state belongs to (empty for a state made by hand)."""
+        of = self._of
+        if type(of) is StateDetails:
+            return of
+        details = StateDetails()
+        run_id = self._run_id
+        if run_id is not None:
+            details.untrackable_result = True  # as Prefect's for results it does not persist
+            if of is _FLOW_RUN:
+                details.flow_run_id = _uuid_of(run_id)
+            elif of is not None:
+                details.task_run_id = _uuid_of(run_id)
+                details.flow_run_id = None if of is _NO_FLOW else _uuid_of(of)
+        self._of = details
+        return details
 
     @property
     def timestamp(self) -> datetime.datetime:
@@ -106,14 +171,18 @@ class State(Generic[R]):
         """True when ``data`` is exactly what the run's function returned (a flow call hands it back)."""
         return self._returned
 
-    def mark_run(self, run_id: int) -> None:
-        """Note that the run ``run_id`` ended in this state (its records and flow calls call this)."""
+    def mark_run(self, run_id: int, flow_run_id: int | None = None, *, task: bool = True) -> None:
+        """Note that the run ``run_id`` ended in this state (its records and flow calls call this).
+
+        A task run passes its flow run's id (None outside a flow); a flow run passes ``task=False``.
+        """
         self._run_id = run_id
+        self._of = (flow_run_id if flow_run_id is not None else _NO_FLOW) if task else _FLOW_RUN
 
     def with_data(self, data: Any) -> "State[Any]":
         """A copy holding ``data``, entered at the same time (and by the same run)."""
         copy = State(self.type, self.name, self.message, data, self._ts)
-        copy._run_id = self._run_id
+        copy._run_id, copy._of = self._run_id, self._of
         copy._returned = self._returned
         return copy
 
@@ -181,7 +250,7 @@ class State(Generic[R]):
         fields = dict(type=self.type, name=self.name, message=self.message, data=self.data)
         fields.update(changes)
         copy = State(**fields)
-        copy._run_id = self._run_id  # still a run's state: a run that returned None has the result None
+        copy._run_id, copy._of = self._run_id, self._of  # still a run's state: one that returned None has the result None
         return copy
 
     def __repr__(self) -> str:
@@ -206,6 +275,10 @@ class State(Generic[R]):
         )
 
     __hash__ = object.__hash__
+
+
+def _uuid_of(run_id: int) -> uuid.UUID:
+    return uuid.UUID(int=run_id, version=4)  # as nbflow.records.as_uuid (which imports this module)
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
@@ -383,6 +456,7 @@ def _aggregate(states: list[State], value: Any) -> State:
 
 __all__ = [
     "State",
+    "StateDetails",
     "StateType",
     "TERMINAL_STATES",
     "Scheduled",

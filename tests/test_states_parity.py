@@ -648,3 +648,54 @@ def test_unbindable_flow_arguments_raise_even_with_return_state():
 
     with pytest.raises(ParameterBindError):
         typed(1, 2, return_state=True)
+
+
+# -- State.id and state_details (Prefect 3.9.1: each state has its own UUID; a run's states name it) ----
+def test_every_state_has_its_own_stable_uuid():
+    import uuid
+
+    first, second = Completed(), Completed()
+    assert isinstance(first.id, uuid.UUID) and first.id == first.id
+    assert first.id != second.id
+
+
+def test_state_details_name_the_task_run_and_its_flow_run():
+    @task
+    def double(x):
+        return 2 * x
+
+    @flow
+    def pipeline():
+        future = double.submit(2)
+        future.wait()
+        assert future.state.state_details.task_run_id == future.task_run_id
+        return double(1, return_state=True), nbflow.runtime.flow_run.id
+
+    task_state, flow_run_id = pipeline()
+    details = task_state.state_details
+    assert str(details.flow_run_id) == flow_run_id  # runtime ids are strings, as in Prefect
+    assert details.task_run_id is not None and details.untrackable_result is True
+    assert details is task_state.state_details  # one object, as a field of Prefect's State
+    assert details.cache_key is None and details.child_flow_run_id is None
+
+
+def test_state_details_of_a_flow_run_and_of_a_state_made_by_hand():
+    @flow
+    def pipeline():
+        return nbflow.runtime.flow_run.id
+
+    state = pipeline(return_state=True)
+    assert str(state.state_details.flow_run_id) == state.result()
+    assert state.state_details.task_run_id is None
+    made = Completed(data=1).state_details
+    assert made.flow_run_id is None and made.task_run_id is None and made.untrackable_result is False
+    assert "flow_run_id=None task_run_id=None" in str(made)
+
+
+def test_state_details_of_a_task_called_outside_a_flow():
+    @task
+    def one():
+        return 1
+
+    details = one(return_state=True).state_details
+    assert details.task_run_id is not None and details.flow_run_id is None
