@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nbflow import events, settings
@@ -41,6 +41,10 @@ NOTHING: Any = type("Nothing", (), {"__repr__": lambda self: "NOTHING", "__slots
 Dependencies = tuple[tuple["TaskRun | State", bool], ...]
 
 
+#: One tuple of parameter names per signature, shared by the runs that have it.
+_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
 def new_id() -> int:
     """A new random 128-bit run id (as an int: cheap to make, hash and send)."""
     # getrandbits never releases the GIL, unlike uuid4()'s os.urandom.
@@ -52,9 +56,63 @@ def as_uuid(value: int) -> uuid.UUID:
     return uuid.UUID(int=value, version=4)
 
 
-def _start_time(states: list[State]) -> float | None:
+def _start_time(states: Sequence[State]) -> float | None:
     """When a run first entered Running (None if it never ran)."""
+    if type(states) is EndedStates:
+        return states.running_time
     return next((s.timestamp_seconds for s in states if s.type is StateType.RUNNING), None)
+
+
+class EndedStates(Sequence[State]):
+    """A task run's states once it ended the usual way: Pending, Running, then its end.
+
+    Read as the list was (``len``, indexing, iteration, ``==``), it keeps the
+    first two as their times and makes them when asked for, so that a big
+    map's ended runs hold half the memory their states took.
+    """
+
+    __slots__ = ("_pending", "_running", "_end")
+
+    def __init__(self, pending: float, running: float, end: State) -> None:
+        self._pending, self._running, self._end = pending, running, end
+
+    @staticmethod
+    def of(states: list[State]) -> Sequence[State]:
+        """``states`` in this form when they have its shape (default-named, with nothing else), else as they are."""
+        if len(states) != 3:
+            return states
+        pending, running, end = states
+        for state, kind in ((pending, StateType.PENDING), (running, StateType.RUNNING)):
+            if (state.type is not kind or state.name != kind.value.title() or state.message is not None
+                    or state.data is not None or state._id is not None):
+                return states
+        return EndedStates(pending.timestamp_seconds, running.timestamp_seconds, end)
+
+    @property
+    def running_time(self) -> float:
+        return self._running
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(3)[index]]
+        if index == 2 or index == -1:
+            return self._end
+        if index == 0 or index == -3:
+            return State(StateType.PENDING, timestamp=self._pending)
+        if index == 1 or index == -2:
+            return State(StateType.RUNNING, timestamp=self._running)
+        raise IndexError("a run's states index out of range")
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == (list(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # type: ignore[assignment]  # as a list's
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 def _duration(start: float | None, end: float | None) -> float | None:
@@ -85,7 +143,7 @@ class RunReading:
     """
 
     __slots__ = ()
-    states: list[State]
+    states: Sequence[State]
     start_time: float | None
     end_time: float | None
 
@@ -142,11 +200,12 @@ class TaskRun(RunId, TaskRunReading, Completion):
         "_started",
         "_stop",
         "cache",
-        "dynamic_key",
+        "_dynamic",
         "flow_run",
         "map_index",
+        "_keys",
+        "_values",
         "output",
-        "parameters",
         "result_key",
         "run_count",
         "states",
@@ -173,7 +232,7 @@ class TaskRun(RunId, TaskRunReading, Completion):
         self.flow_run = flow_run
         self.parameters = parameters
         self.tags = tags
-        self.states: list[State] = [State(StateType.PENDING)]
+        self.states: Sequence[State] = [State(StateType.PENDING)]
         self.run_count = 0
         self.map_index = map_index
         self.output: Any = None  # an OutputBuffer once the run prints or logs
@@ -203,9 +262,11 @@ class TaskRun(RunId, TaskRunReading, Completion):
             self.upstream = tuple(upstream)
         # Which run of its task this is within its flow run ("0", "1", ...), as Prefect's
         # dynamic_key: what a retry of the flow run matches runs by (a worker is told the driver's).
-        if dynamic_key is None:
-            dynamic_key = flow_run.count_task_run(task.task_key) if flow_run is not None and task is not None else "0"
-        self.dynamic_key = dynamic_key
+        # Kept as the count (a str from a driver), made a str when read: a big map's runs hold ints.
+        self._dynamic: int | str = (
+            dynamic_key if dynamic_key is not None
+            else flow_run.count_task_run(task.task_key) if flow_run is not None and task is not None else 0
+        )
         if flow_run is not None:
             flow_run.task_runs.append(self)
         if events.task_state:
@@ -215,21 +276,35 @@ class TaskRun(RunId, TaskRunReading, Completion):
     @property
     def name(self) -> str:
         """The run's name: ``task_run_name`` if given, else ``"{task}-{3 hex}"``."""
-        if self._name is None:
-            if self.flow_run is None:
-                self._name = self.task.name
-            else:
-                self._name = f"{self.task.name}-{self._id >> 116:03x}"
-        return self._name
+        name = self._name
+        if name is None:  # made each time, not kept: a big map's runs need not hold one string each
+            return self.task.name if self.flow_run is None else f"{self.task.name}-{self._id >> 116:03x}"
+        return name
 
     @name.setter
     def name(self, value: str) -> None:
         self._name = value
 
     @property
+    def dynamic_key(self) -> str:
+        """Which run of its task this is within its flow run (``"0"``, ``"1"``, ...), as Prefect's."""
+        return str(self._dynamic)
+
+    @property
     def flow_run_id(self) -> uuid.UUID | None:
         """The id of the flow run this run belongs to (None outside a flow)."""
         return self.flow_run.id if self.flow_run is not None else None
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The arguments as submitted (a new dict each time: a run keeps its names and values apart, compactly)."""
+        return dict(zip(self._keys, self._values))
+
+    @parameters.setter
+    def parameters(self, value: dict[str, Any]) -> None:
+        keys = tuple(value)
+        self._keys = _KEYS.setdefault(keys, keys)  # the runs of a task share one tuple of names
+        self._values = tuple(value.values())
 
     # -- reading -----------------------------------------------------------------
     @property
@@ -287,7 +362,7 @@ class TaskRun(RunId, TaskRunReading, Completion):
 
     def set_state(self, state: State) -> None:
         """Enter a state that does not end the run."""
-        self.states.append(state)
+        self.states.append(state)  # type: ignore[attr-defined]  # a run that has not ended holds a list
         if events.task_state:
             events.publish_task_state(self, state)
 
@@ -332,7 +407,10 @@ class TaskRun(RunId, TaskRunReading, Completion):
         self._ending = None
         flow_run = self.flow_run
         state.mark_run(self._id, None if flow_run is None else flow_run.int_id)
-        return self._end(lambda: self.states.append(state))
+        if not self._end(lambda: self.states.append(state)):  # type: ignore[attr-defined]
+            return False
+        self.states = EndedStates.of(self.states)  # type: ignore[arg-type]  # no state is added from here on
+        return True
 
     def _ended(self) -> None:
         if events.task_state:
@@ -366,7 +444,7 @@ class TaskRun(RunId, TaskRunReading, Completion):
             self._started = True
             self._name = name
             self.run_count = run_count
-            self.states.append(state)
+            self.states.append(state)  # type: ignore[attr-defined]
         if events.task_state:
             events.publish_task_state(self, state)
         return True
@@ -391,7 +469,7 @@ class TaskRun(RunId, TaskRunReading, Completion):
         ``Pending`` first) and ``run_count`` its attempts: the next attempt is
         a retry, numbered on from them. Nothing is published (the driver has them).
         """
-        self.states[:] = states
+        self.states[:] = states  # type: ignore[index]  # a run that has not ended holds a list
         self.run_count = run_count
 
     # -- what is executing it (so that a cancel can stop it) ---------------------------
@@ -587,12 +665,12 @@ class FlowRun(RunId, FlowRunReading):
         self.states.append(state)
         events.publish_flow_state(self, state)
 
-    def count_task_run(self, task_key: str) -> str:
-        """The next ``dynamic_key`` of a run of the task ``task_key`` in this flow run."""
+    def count_task_run(self, task_key: str) -> int:
+        """The number of the next run of the task ``task_key`` in this flow run (its ``dynamic_key``)."""
         counts = self._task_counts
         count = counts.get(task_key, 0)
         counts[task_key] = count + 1
-        return str(count)
+        return count
 
     def expect(self, task_key: str, n: int) -> None:
         """Note that ``n`` runs of the task ``task_key`` are about to be created (a ``.map``).

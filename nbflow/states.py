@@ -50,6 +50,9 @@ TERMINAL_STATES = frozenset(
 
 _DEFAULT_NAMES = {t: t.value.title() for t in StateType}
 
+_NAMES = {name: name for name in (*_DEFAULT_NAMES.values(), "Cached", "Retrying", "AwaitingRetry", "TimedOut",
+                                   "NotReady", "Late", "Suspended", "AwaitingConcurrencySlot")}
+
 #: ``State._of`` of a flow run's state (a task run's holds its flow run's id, or this outside a flow).
 _FLOW_RUN, _NO_FLOW = object(), object()
 
@@ -120,10 +123,11 @@ class State(Generic[R]):
 
     # -- pickling (slots, and states cross process boundaries) --------------
     def __getstate__(self) -> tuple:
-        return (self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned, self.id)
+        return (self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned, self._id)
 
     def __setstate__(self, s: tuple) -> None:
-        self.type, self.name, self.message, self.data, self._ts, self._run_id, self._returned, self._id = s
+        self.type, name, self.message, self.data, self._ts, self._run_id, self._returned, self._id = s
+        self.name = _NAMES.get(name, name)  # one string per common name, not one per state read
         self._of = None  # the driver's record marks it again when it takes it
 
     @property
