@@ -107,7 +107,7 @@ def blocking_wait() -> Iterator[None]:
         pool.unblocking()
 
 
-_STRIPES = tuple(threading.Lock() for _ in range(61))  # a prime: runs' addresses spread over all of them
+_STRIPES = tuple(threading.Lock() for _ in range(1021))  # a prime: runs' addresses spread over all of them
 
 
 class Completion:
@@ -115,9 +115,10 @@ class Completion:
 
     A lock guards the done flag, the waiter list and the callback list; it is
     held for a few bytecodes. Completions share a few dozen locks, picked by
-    address: no lock object per run (a big map has a million runs), and no
-    one lock that every worker thread queues on (a convoy that tripled the
-    per-task cost of a 32-thread pool). Subclasses use it (``self._lock``) to
+    address: no lock object per run (a big map has a million runs), and so
+    many that worker threads seldom meet on one (when they do, the one that
+    waits gives up the GIL and a convoy forms: one lock tripled the per-task
+    cost of a 32-thread pool, 61 still doubled it at a million runs). Subclasses use it (``self._lock``) to
     make their own transitions atomic with the end; none is held while
     another completion's is taken.
     """
