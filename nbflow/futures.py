@@ -69,9 +69,9 @@ class PrefectFuture(Generic[R]):
         run = self._run
         run.mark_resolved()
         if not run.done and not run.wait(timeout):
-            raise TimeoutError(
-                f"Task run {run.name!r} did not finish within {timeout} seconds; "
-                "it goes on running, call .result() again to wait longer."
+            raise TimeoutError(  # Prefect's words first, then which run it is and what to do
+                f"Task run {run.id} did not complete within {timeout} seconds ({run.name!r} goes on "
+                "running: call .result() again to wait longer)"
             )
         return run.states[-1].result(raise_on_failure=raise_on_failure)
 
@@ -122,18 +122,26 @@ class PrefectFutureList(list, Generic[R]):
         """
         _check_timeout(timeout)
         if raise_on_failure:
-            for future in as_completed(self, timeout=timeout):
-                if future._run.states[-1].is_completed():
-                    continue
-                future.result(raise_on_failure=True)
+            ending = as_completed(self, timeout=timeout)
+            while True:
+                try:
+                    future = next(ending)
+                except StopIteration:
+                    break
+                except TimeoutError as exc:  # the wait's own (one a task raised comes from .result below)
+                    raise TimeoutError(self._timed_out(timeout)) from exc
+                if not future._run.states[-1].is_completed():
+                    future.result(raise_on_failure=True)
         else:
             done, not_done = wait(self, timeout=timeout)
             if not_done:
-                raise TimeoutError(
-                    f"{len(not_done)} of {len(set(self))} task runs did not finish within "
-                    f"{timeout} seconds"
-                )
+                raise TimeoutError(self._timed_out(timeout))
         return [f.result(raise_on_failure=raise_on_failure) for f in self]
+
+    def _timed_out(self, timeout: float | None) -> str:
+        unfinished = sum(1 for f in set(self) if not f._run.done)
+        return (f"Timed out waiting for all futures to complete within {timeout} seconds "
+                f"({unfinished} of {len(set(self))} task runs have not ended)")
 
 
 class DoneAndNotDoneFutures(NamedTuple, Generic[R]):

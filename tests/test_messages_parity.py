@@ -41,3 +41,52 @@ def test_an_unknown_with_options_keyword_is_worded_as_python_words_it():
     with pytest.raises(TypeError) as info:
         one.with_options(bogus=1)
     assert str(info.value) == "Task.with_options() got an unexpected keyword argument 'bogus'"
+
+
+@task
+def pair(a, b):
+    return a + b
+
+
+@task
+def slow_until(event):
+    event.wait(10)
+    return 1
+
+
+def test_map_errors_start_with_prefects_words_then_name_the_task():
+    from nbflow.exceptions import MappingLengthMismatch, MappingMissingIterable
+
+    @flow
+    def f():
+        with pytest.raises(MappingLengthMismatch, match=(
+                r"^Received iterable parameters with different lengths\. Parameters for map must all "
+                r"be the same length\. Got lengths: \{'a': 2, 'b': 1\}\. Task 'pair': ")):
+            pair.map([1, 2], [1])
+        with pytest.raises(MappingMissingIterable, match=(
+                r"^No iterable parameters were received\. Parameters for map must include at least one "
+                r"iterable\. Parameters: \{'a': 1, 'b': 2\}\. Task 'pair': ")):
+            pair.map(1, 2)
+
+    f()
+
+
+def test_result_timeouts_start_with_prefects_words():
+    import threading
+
+    release = threading.Event()
+
+    @flow
+    def f():
+        future = slow_until.submit(release)
+        futures = slow_until.map([release])
+        try:
+            with pytest.raises(TimeoutError, match=f"^Task run {future.task_run_id} did not complete within 0.01 seconds"):
+                future.result(timeout=0.01)
+            with pytest.raises(TimeoutError, match="^Timed out waiting for all futures to complete within 0.01 seconds"):
+                futures.result(timeout=0.01)
+        finally:
+            release.set()
+        return future.result()
+
+    assert f() == 1

@@ -120,19 +120,19 @@ class TaskRunner(abc.ABC):
             else:
                 static[name] = value if annotation is None else annotation(value)
         if not mapped:
-            raise MappingMissingIterable(
-                f"Task {task.name!r}: .map() found no iterable argument to map over "
-                f"(got {', '.join(f'{k}={v!r}' for k, v in static.items()) or 'no arguments'}). "
-                "Pass at least one list, tuple, range, set, dict or generator; strings and bytes "
-                "are not mapped over. To call the task once, use .submit()."
+            raise MappingMissingIterable(  # Prefect's words first, then the task and the fix
+                "No iterable parameters were received. Parameters for map must include at least one "
+                f"iterable. Parameters: {static}. Task {task.name!r}: pass at least one list, tuple, "
+                "range, set, dict or generator; strings and bytes are not mapped over. To call the "
+                "task once, use .submit()."
             )
         lengths = {name: len(values) for name, (values, _) in mapped.items()}
         if len(set(lengths.values())) > 1:
             raise MappingLengthMismatch(
-                f"Task {task.name!r}: .map() got iterables of different lengths: "
-                + ", ".join(f"{k}={n}" for k, n in lengths.items())
-                + ". Give every mapped argument the same length, or wrap an argument that every "
-                "run should receive whole in unmapped(...)."
+                "Received iterable parameters with different lengths. Parameters for map must all be "
+                f"the same length. Got lengths: {lengths}. Task {task.name!r}: give every mapped "
+                "argument the same length, or wrap an argument that every run should receive whole "
+                "in unmapped(...)."
             )
         futures: PrefectFutureList = PrefectFutureList()
         wait_for = list(wait_for) if wait_for is not None else None
