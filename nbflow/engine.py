@@ -358,7 +358,8 @@ def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeou
         return S.return_value_to_state(value)
     if isinstance(value, DeadlineExceeded):
         exc = timeout_error(f"{what} exceeded timeout of {timeout} second(s).")
-        return S.TimedOut(message=str(exc), data=exc)
+        kind = "Flow run" if timeout_error is FlowRunTimeoutError else "Task run"  # Prefect's words exactly
+        return S.TimedOut(message=f"{kind} exceeded timeout of {timeout} second(s)", data=exc)
     if isinstance(value, CancelSignal):
         return S.Cancelled(message=f"{what} was cancelled while running.", data=None)
     if isinstance(value, (KeyboardInterrupt, SystemExit)):

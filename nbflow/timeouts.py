@@ -157,14 +157,19 @@ class Watch:
     def arm(self, seconds: float, then: Callable[[], Any] | None = None) -> None:
         """Interrupt the call with DeadlineExceeded ``seconds`` from now; then call ``then()``.
 
-        In the main thread, with no alarm set, a SIGALRM interrupts it even in
-        ``time.sleep`` (and ``then`` is not needed: the call unwinds). Elsewhere
-        the timer thread raises it, and calls ``then``: what else should stop.
+        In the main thread a SIGALRM interrupts it even in ``time.sleep`` (and
+        ``then`` is not needed: the call unwinds). An alarm already set (an
+        outer deadline, pytest-timeout's) is set aside while this one is
+        sooner, and set again, for what is left of it, once the call ends.
+        Elsewhere the timer thread raises it, and calls ``then``: what else
+        should stop.
         """
-        if self.ident == MAIN_THREAD and _alarm_free():
-            self._alarm = (signal.signal(signal.SIGALRM, self._on_alarm),)
-            signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-6))
-            return
+        if self.ident == MAIN_THREAD and hasattr(signal, "setitimer"):
+            left, interval = signal.getitimer(signal.ITIMER_REAL)
+            if left == 0 or left > seconds:
+                self._alarm = (signal.signal(signal.SIGALRM, self._on_alarm), left, interval, time.monotonic())
+                signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-6))
+                return
         self._then = then
         _timer.add(time.monotonic() + seconds, self, self._expire, None)
 
@@ -210,17 +215,15 @@ class Watch:
         self._then = None
         if self._alarm is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            previous = self._alarm[0]  # None: set outside Python
+            previous, left, interval, armed = self._alarm  # previous None: set outside Python
             signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+            if left:  # the alarm set aside, for what is left of it (at once, if that has passed)
+                signal.setitimer(signal.ITIMER_REAL, max(left - (time.monotonic() - armed), 1e-6), interval)
             self._alarm = None
         if self.raised:
             with _interrupt_lock:  # an interrupter that saw the call running has raised by now
                 pass
             absorb_pending(self.raised)
-
-
-def _alarm_free() -> bool:
-    return hasattr(signal, "setitimer") and signal.getitimer(signal.ITIMER_REAL)[0] == 0
 
 
 @contextlib.contextmanager

@@ -90,3 +90,34 @@ def test_result_timeouts_start_with_prefects_words():
         return future.result()
 
     assert f() == 1
+
+
+def test_a_timed_out_run_has_prefects_state_message_and_an_error_naming_it():
+    import time
+
+    from nbflow.exceptions import FlowRunTimeoutError, TaskRunTimeoutError
+
+    @task(timeout_seconds=0.1, task_run_name="sleeper")
+    def sleeper():
+        time.sleep(5)
+
+    seen = []
+
+    @flow
+    def pipeline():
+        seen.append(sleeper(return_state=True))
+
+    pipeline()
+    state = seen[0]
+    assert state.name == "TimedOut" and state.message == "Task run exceeded timeout of 0.1 second(s)"
+    with pytest.raises(TaskRunTimeoutError, match=r"^Task run 'sleeper' exceeded timeout of 0.1 second\(s\)\.$"):
+        state.result()
+
+    @flow(timeout_seconds=0.1, flow_run_name="slow-flow")
+    def slow():
+        time.sleep(5)
+
+    state = slow(return_state=True)
+    assert state.name == "TimedOut" and state.message == "Flow run exceeded timeout of 0.1 second(s)"
+    with pytest.raises(FlowRunTimeoutError, match=r"^Flow run 'slow-flow' exceeded timeout of 0.1 second\(s\)\.$"):
+        state.result()
