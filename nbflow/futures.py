@@ -225,6 +225,23 @@ def resolve_futures_to_states(value: Any) -> Any:
     return visit(value, on_future=to_state)
 
 
+def resolve_futures_to_results(value: Any) -> Any:
+    """Replace futures in a (possibly nested) value by their results, waiting for them.
+
+    As Prefect's, a future whose run did not complete raises ``Exception("At least one
+    result did not complete successfully")``.
+    """
+    from nbflow.resolve import visit
+
+    def to_result(f: PrefectFuture) -> Any:
+        f.wait()
+        if not f.state.is_completed():
+            raise Exception("At least one result did not complete successfully")
+        return f.result()
+
+    return visit(value, on_future=to_result)
+
+
 __all__ = [
     "PrefectFuture",
     "PrefectConcurrentFuture",
@@ -232,5 +249,6 @@ __all__ = [
     "DoneAndNotDoneFutures",
     "wait",
     "as_completed",
+    "resolve_futures_to_results",
     "resolve_futures_to_states",
 ]

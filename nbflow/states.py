@@ -413,8 +413,12 @@ class StateGroup:
         return self.final_count == self.total_count
 
     def counts_message(self) -> str:
-        """``total=3, 'COMPLETED'=1, 'FAILED'=2``: the count of each type present."""
-        counts = [f"total={self.total_count}"] + [f"{t.value!r}={n}" for t, n in self.type_counts.items()]
+        """``total=3, 'COMPLETED'=1, 'FAILED'=2``: the count of each type present (``not_final=k`` after the total
+        when some states have not ended)."""
+        counts = [f"total={self.total_count}"]
+        if self.not_final_count:
+            counts.append(f"not_final={self.not_final_count}")
+        counts += [f"{t.value!r}={n}" for t, n in self.type_counts.items()]
         return ", ".join(counts)
 
     def __repr__(self) -> str:

@@ -371,3 +371,33 @@ def test_runtime_task_run_inside_a_subflow_called_from_a_task_is_that_task_run()
     task_run_id = parent()
     assert seen == [(None, "child", "inner"), ("calls_a_flow", "child", "inner")]
     assert task_run_id is not None and nbflow.runtime.task_run.task_name is None
+
+
+def test_counts_message_names_the_states_not_final_after_the_total():
+    from nbflow.states import Completed, Pending, StateGroup
+
+    group = StateGroup([Completed(), Pending()])
+    assert group.counts_message() == "total=2, not_final=1, 'COMPLETED'=1, 'PENDING'=1"
+
+
+def test_resolve_futures_to_results_keeps_the_shape_and_refuses_a_failure():
+    from nbflow import flow, task
+    from nbflow.futures import resolve_futures_to_results
+
+    @task
+    def inc(x):
+        return x + 1
+
+    @task
+    def boom():
+        raise ValueError("no")
+
+    @flow
+    def pipeline():
+        shaped = resolve_futures_to_results({"a": [inc.submit(1)], "b": (inc.submit(2),), "c": 7})
+        try:
+            resolve_futures_to_results([boom.submit()])
+        except Exception as exc:  # noqa: BLE001 - Prefect raises a plain Exception
+            return shaped, str(exc)
+
+    assert pipeline() == ({"a": [2], "b": (3,), "c": 7}, "At least one result did not complete successfully")
