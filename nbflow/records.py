@@ -106,6 +106,11 @@ class EndedStates(Sequence[State]):
             return State(StateType.RUNNING, timestamp=self._running)
         raise IndexError("a run's states index out of range")
 
+    def __iter__(self) -> Iterator[State]:  # not Sequence's: it indexes until an IndexError
+        yield State(StateType.PENDING, timestamp=self._pending)
+        yield State(StateType.RUNNING, timestamp=self._running)
+        yield self._end
+
     def __eq__(self, other: object) -> bool:
         return list(self) == (list(other) if isinstance(other, Sequence) else other)
 
