@@ -81,6 +81,13 @@ class Flow(MethodDescriptor, Generic[P, R]):
 
     retry_condition_fn = None  # flows have none; the engine's retry rule reads it
 
+    @functools.cached_property
+    def parameters(self) -> Any:
+        """The JSON schema of the flow's parameters (a ``ParameterSchema``, as Prefect's ``flow.parameters``)."""
+        from nbflow.parameter_schema import parameter_schema  # pydantic loads only when asked for
+
+        return parameter_schema(self.fn)
+
     on_completion = hook_decorator("on_completion")
     on_failure = hook_decorator("on_failure")
     on_cancellation = hook_decorator("on_cancellation")

@@ -8,9 +8,11 @@ src/prefect/runtime/flow_run.py.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from pathlib import Path
 
+import pydantic
 import pytest
 
 import nbflow.runtime
@@ -282,3 +284,40 @@ def test_a_flow_name_with_a_banned_character_is_an_invalid_name_error():
             flow(name=name)(lambda: 1)
     assert issubclass(InvalidNameError, ValueError)
     assert flow(name="a b:c.d")(lambda: 1).name == "a b:c.d"
+
+
+class Point(pydantic.BaseModel):
+    a: int
+
+
+def test_flow_parameters_is_prefects_json_schema_of_the_signature():
+    @flow
+    def typed(x: int, y: str = "a", z=None, w: list[int] = [1], d: datetime.date = None):  # noqa: B006
+        pass
+
+    @flow
+    def variadic(m: Point, *args: int, k: float = 1.5, **kw):
+        pass
+
+    # Both dumps as Prefect 3.9.1 gives them for these flows.
+    assert typed.parameters.model_dump() == {
+        "title": "Parameters", "type": "object", "required": ["x"], "definitions": {},
+        "properties": {
+            "x": {"position": 0, "title": "x", "type": "integer"},
+            "y": {"default": "a", "position": 1, "title": "y", "type": "string"},
+            "z": {"default": None, "position": 2, "title": "z"},
+            "w": {"default": [1], "items": {"type": "integer"}, "position": 3, "title": "w", "type": "array"},
+            "d": {"default": None, "format": "date", "position": 4, "title": "d", "type": "string"},
+        },
+    }
+    assert variadic.parameters.model_dump() == {
+        "title": "Parameters", "type": "object", "required": ["m"],
+        "properties": {
+            "m": {"$ref": "#/definitions/Point", "position": 0, "title": "m"},
+            "args": {"default": [], "items": {"type": "integer"}, "position": 1, "title": "args", "type": "array"},
+            "k": {"default": 1.5, "position": 2, "title": "k", "type": "number"},
+            "kw": {"additionalProperties": True, "default": {}, "position": 3, "title": "kw", "type": "object"},
+        },
+        "definitions": {"Point": {"properties": {"a": {"title": "A", "type": "integer"}}, "required": ["a"],
+                                  "title": "Point", "type": "object"}},
+    }
