@@ -187,10 +187,12 @@ def _is_stream(msg_id: str, text: str):
 
 def test_late_task_output_lands_in_the_cell_that_started_the_flow(kernel):
     first = kernel.start(
-        "gate = threading.Event()\n"
-        "@task\ndef late():\n    gate.wait(20)\n    print('late print')\n"
+        "gate, started = threading.Event(), threading.Event()\n"
+        "@task\ndef late():\n    started.set()\n    gate.wait(20)\n    print('late print')\n"
         "@flow\ndef background():\n    late.submit().wait()\n"
-        "runner = threading.Thread(target=background)\nrunner.start()"
+        # The flow starts while this cell runs (a thread's flow belongs to the cell running when it starts);
+        # the print comes once the next cell opens the gate.
+        "runner = threading.Thread(target=background)\nrunner.start()\n_ = started.wait(20)"
     )
     assert kernel.finish(first)["status"] == "ok"
     second = kernel.start("gate.set()\nrunner.join(20)\nprint('second cell')")
