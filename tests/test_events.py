@@ -115,7 +115,8 @@ def test_readme_example_runs_as_written():
     assert "raised" not in done.stderr and "Error" not in done.stderr
     # Threads print concurrently, so lines may interleave; each event printed its run and state.
     assert done.stdout.count("Completed") >= 5 and "square-" in done.stdout
-    assert "{'Completed': 4}" in done.stdout.splitlines()[-1]
+    # A run's final event can still be printing from its worker thread when the caller has the result.
+    assert "{'Completed': 4}" in done.stdout
 
 
 def test_a_subscriber_that_raises_is_removed_and_reported_once(caplog):
