@@ -107,6 +107,7 @@ def blocking_wait() -> Iterator[None]:
         pool.unblocking()
 
 
+_ENDING = "ending"  # _done while a completion's end is published: taken, not yet seen by readers
 _STRIPES = tuple(threading.Lock() for _ in range(1021))  # a prime: runs' addresses spread over all of them
 
 
@@ -137,34 +138,48 @@ class Completion:
     @property
     def done(self) -> bool:
         """True once it has ended."""
-        return self._done
+        return self._done is True
+
+    @property
+    def ended(self) -> bool:
+        """True from the moment its end is taken: while that end is published (``done`` still False), and after."""
+        return self._done is not False
 
     def _end(self, before: Callable[[], Any] | None = None) -> bool:
-        """End it, calling ``before()`` under the lock first; False (and no call) if it had ended."""
+        """End it, calling ``before()`` under the lock first; False (and no call) if it had ended.
+
+        It is ending (no other end is taken) while :meth:`_ended` runs, and
+        done for readers only after: whoever sees it done, or is woken by
+        it, also sees what ``_ended`` published (a run's final event).
+        """
         with self._lock:
             if self._done:
                 return False
             if before is not None:
                 before()
-            self._done = True
-            waiters, self._waiters = self._waiters, None
-            callbacks, self._callbacks = self._callbacks, None
-        self._ended()
-        if waiters:
-            for lock in waiters:
-                lock.release()
-        if callbacks:
-            for callback in callbacks:
-                callback(self)
+            self._done = _ENDING
+        try:
+            self._ended()
+        finally:  # even if publishing failed (a RecursionError deep down): no waiter waits forever
+            with self._lock:
+                self._done = True
+                waiters, self._waiters = self._waiters, None
+                callbacks, self._callbacks = self._callbacks, None
+            if waiters:
+                for lock in waiters:
+                    lock.release()
+            if callbacks:
+                for callback in callbacks:
+                    callback(self)
         return True
 
     def _ended(self) -> None:
-        """Called once it has ended, before waiters wake and callbacks run."""
+        """Called once its end is taken, before readers see it done, waiters wake and callbacks run."""
 
     def add_done_callback(self, callback: Callable[[Any], Any]) -> None:
         """Call ``callback(self)`` once it has ended (at once if it already has)."""
         with self._lock:
-            if not self._done:
+            if self._done is not True:
                 if self._callbacks is None:
                     self._callbacks = [callback]
                 else:
@@ -174,12 +189,12 @@ class Completion:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until it has ended or ``timeout`` seconds pass; True if it has ended."""
-        if self._done:
+        if self._done is True:
             return True
         lock = threading.Lock()
         lock.acquire()
         with self._lock:
-            if self._done:
+            if self._done is True:
                 return True
             if self._waiters is None:
                 self._waiters = [lock]
@@ -189,15 +204,15 @@ class Completion:
             with blocking_wait():
                 finished = wait_step(_lock_attempt(lock), timeout)
         finally:
-            if not self._done:
+            if self._done is not True:
                 with self._lock:
                     if self._waiters is not None and lock in self._waiters:
                         self._waiters.remove(lock)
-        return finished or self._done
+        return finished or self._done is True
 
     async def wait_async(self) -> None:
         """Wait on the running event loop until it has ended (the loop goes on meanwhile)."""
-        if self._done:
+        if self._done is True:
             return
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()

@@ -84,7 +84,7 @@ class EndedStates(Sequence[State]):
         pending, running, end = states
         for state, kind in ((pending, StateType.PENDING), (running, StateType.RUNNING)):
             if (state.type is not kind or state.name != kind.value.title() or state.message is not None
-                    or state.data is not None or state._id is not None):
+                    or state.data is not None or state.id_seen):
                 return states
         return EndedStates(pending.timestamp_seconds, running.timestamp_seconds, end)
 
@@ -327,7 +327,7 @@ class TaskRun(RunId, TaskRunReading, Completion):
         deps = self._dependencies
         if not deps:
             return []
-        return [dep for dep, _ in deps if type(dep) is TaskRun and not dep._done]
+        return [dep for dep, _ in deps if type(dep) is TaskRun and dep._done is not True]
 
     @property
     def resolved(self) -> bool:

@@ -138,6 +138,11 @@ class State(Generic[R]):
         return self._id
 
     @property
+    def id_seen(self) -> bool:
+        """Whether :attr:`id` was asked for already (a state whose id was seen must keep it)."""
+        return self._id is not None
+
+    @property
     def state_details(self) -> StateDetails:
         """The ids of the flow run and task run this state belongs to (empty for a state made by hand)."""
         of = self._of

@@ -131,3 +131,18 @@ def test_a_subscriber_that_raises_is_removed_and_reported_once(caplog):
         assert pipeline(2) == [0, 1]
     assert len(calls) == 1
     assert sum("subscriber bug" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_run_is_done_to_its_readers_only_once_its_final_event_is_delivered():
+    """Whoever sees a task run done (its future, the flow waiting for it) can rely on
+    subscribers having had its final event: none comes after the flow's own end."""
+    seen = []
+
+    def on_state(event):
+        if event.state.is_final():
+            seen.append((type(event.run).__name__, event.state.name, getattr(event.run, "done", None)))
+
+    with nbflow.events.subscribe(on_state, "state"):
+        pipeline(3)
+    assert seen[:3] == [("TaskRun", "Completed", False)] * 3
+    assert seen[3:] == [("FlowRun", "Completed", None)]

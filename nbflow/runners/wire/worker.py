@@ -183,7 +183,7 @@ def _forward(event: events.RunEvent) -> None:
         return
     message: tuple
     if isinstance(event, events.StateEvent):
-        if run.done:  # the final state travels in the run's record
+        if run.ended:  # the final state travels in the run's record
             return
         message = ("state", active.run_id, active.base, len(run.states) - 1, event.state, run.name,
                    run.run_count)
