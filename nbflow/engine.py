@@ -487,7 +487,7 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
             except Exception as exc:
                 return S.Failed(message=str(exc), data=exc)
         current = settings.current
-        if task.persist_result or current.cache or current.persist_results:
+        if task.persist_result or current.cache:
             from nbflow.store import cache
 
             policy, persist = cache.policy_of(task)

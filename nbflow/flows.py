@@ -45,7 +45,7 @@ from nbflow.options import (
     hook_decorator,
     unwrap_method,
 )
-from nbflow.records import FlowRun, TaskRun
+from nbflow.records import FlowRun, TaskRun, iter_task_runs
 from nbflow.resolve import collect, dependencies, find, resolve
 from nbflow.runtime.task_run import calling_task_run_var
 from nbflow.signature import CallSignature, render_run_name
@@ -378,6 +378,8 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
                 continue
             break
         flow_run.crash_unfinished_subflows()
+        if flow_run.parent is None and settings.current.persist_results:
+            _keep_for_retry(flow_run, state)
         flow_run.set_state(state)
         hooks = None if returned_cancelled else engine.final_hooks(flow, state)
         if hooks:
@@ -388,6 +390,16 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
         if calling_token is not None:
             calling_task_run_var.reset(calling_token)
         flow_run_var.reset(flow_token)
+
+
+def _keep_for_retry(flow_run: FlowRun, state: State) -> None:
+    """Store what a top-level run that did not complete computed, before it ends: a retry reuses it."""
+    runs = list(iter_task_runs(flow_run))
+    if state.is_completed() and all(run.state.is_completed() for run in runs):
+        return  # nothing to retry: nothing kept
+    from nbflow.store import cache
+
+    cache.keep_for_retry(runs)
 
 
 def _body_state(flow_run: FlowRun, ok: bool, value: Any, what: str, timeout: float | None) -> State:

@@ -51,8 +51,8 @@ class Settings:
 
     #: Give every task without a cache policy of its own ``INPUTS + CODE`` (``%nbflow cache on``).
     cache: bool = field(default_factory=lambda: _env_bool("NBFLOW_CACHE", False))
-    #: Persist every completed task run's result, so a retry of its flow run can reuse it
-    #: (on by default once the notebook extension is loaded).
+    #: Keep the results of the completed task runs of a flow run that did not complete, as it
+    #: ends, so that a retry reuses them (on by default once the notebook extension is loaded).
     persist_results: bool = field(default_factory=lambda: _env_bool("NBFLOW_PERSIST_RESULTS", False))
     #: Size limit of the result store in megabytes; least recently used entries go first.
     results_max_mb: int = field(default_factory=lambda: _env_int("NBFLOW_RESULTS_MAX_MB", 5120) or 5120)

@@ -319,7 +319,7 @@ class Tracer:
     def _key(self, task: Any, parameters: dict[str, Any]) -> tuple[str, Any] | None:
         """The run's cache key and store, as ``nbflow.store.cache.open_entry`` forms them; None: no lookup."""
         current = settings.current
-        if not (task.persist_result or current.cache or current.persist_results):
+        if not (task.persist_result or current.cache):
             return None
         from nbflow.store import cache
 

@@ -10,6 +10,8 @@ import nbflow
 import nbflow.runs
 import nbflow.settings
 from nbflow import allow_failure, flow, task
+from nbflow.store import cache
+from nbflow.store.results import StoreError
 from nbflow.task_runners import ProcessPoolTaskRunner
 
 
@@ -154,3 +156,49 @@ def test_retrying_a_flow_that_is_not_defined_says_how_to_fix_it():
 
     with pytest.raises(LookupError, match="no flow named 'never-defined-flow' is defined"):
         nbflow.retry(Record())
+
+
+def test_a_run_that_completes_keeps_nothing_for_a_retry():
+    """Results only a retry would read are kept when the run did not complete: a run that did costs nothing."""
+    pipeline = make_pipeline(set(), Calls())
+    assert pipeline(3) == 30
+    runs = nbflow.runs.last_flow_run().task_runs
+    assert [r.result_key for r in runs] == [None] * 4
+    assert cache.store_at().summary() == []
+
+
+def test_a_run_that_fails_has_kept_its_completed_results_when_it_returns(tmp_path):
+    """Before the failed run's call returns, what completed is in the store, for another process
+    (a restarted kernel) to reuse."""
+    import os
+    import subprocess
+    import sys
+
+    pipeline = make_pipeline({1}, Calls())
+    assert pipeline(3, return_state=True).is_failed()
+    loads = [r for r in nbflow.runs.last_flow_run().task_runs if r.map_index is not None]
+    assert [r.result_key for r in loads] == [f"run-{loads[0].id}", None, f"run-{loads[2].id}"]
+    script = (
+        "import sys\nfrom nbflow.store import cache\n"
+        "print([cache.read(cache.store_at(), key) for key in sys.argv[1:]])"
+    )
+    env = {**os.environ, "NBFLOW_HOME": str(nbflow.settings.current.home)}
+    out = subprocess.run([sys.executable, "-c", script, loads[0].result_key, loads[2].result_key],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[(0,), (20,)]"
+
+
+def test_a_result_that_cannot_be_kept_is_computed_again_by_the_retry(monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise StoreError("the disk is full")
+
+    calls = Calls()
+    pipeline = make_pipeline({2}, calls)
+    monkeypatch.setattr(cache.ResultStore, "write", refuse)
+    assert pipeline(3, return_state=True).is_failed()
+    original = nbflow.runs.last_flow_run()
+    assert "result not kept for a retry (the disk is full)" in caplog.text and "load-" in caplog.text
+    monkeypatch.undo()
+    calls.items.clear()
+    assert nbflow.retry(original, n=2) == 10  # nothing was kept: both loads run again
+    assert sorted(calls.items, key=str) == [("load", 0), ("load", 1), ("total", None)]

@@ -13,8 +13,9 @@ After ``%load_ext nbflow``:
 - ``%nbflow cache on`` (or ``%%flow --cache``): tasks without a cache policy
   of their own cache on their inputs and code; ``%nbflow cache`` lists the
   entries, ``%nbflow cache clear [TASK]`` empties it;
-- completed task results are persisted (``NBFLOW_PERSIST_RESULTS=0`` turns
-  that off), so ``%nbflow retry [RUN]`` re-runs only what did not complete;
+- a flow run that did not complete keeps its completed task results as it
+  ends (``NBFLOW_PERSIST_RESULTS=0`` turns that off), so ``%nbflow retry
+  [RUN]`` re-runs only what did not complete;
 - ``%nbflow runs [--flow NAME] [--state STATE]`` lists runs from the run
   history, across kernel restarts; ``%nbflow view RUN`` draws a past run;
 - ``%nbflow plan CALL`` shows what a flow call would run and what the cache

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from nbflow import cache_policies, settings
@@ -49,16 +50,13 @@ def policy_of(task: Any) -> tuple[Any, bool]:
 
     A task's own ``persist_result`` wins; without one, results are persisted when
     the notebook cache is on (which also gives a task with no policy of its own
-    ``INPUTS + CODE``) or when ``persist_results`` is (for retries).
+    ``INPUTS + CODE``). Results kept for a retry only are not looked up or
+    stored while their run executes (see :func:`keep_for_retry`).
     """
-    current = settings.current
     policy = task.cache_policy
     persist = task.persist_result
-    if persist is None and policy is cache_policies.DEFAULT:
-        if current.cache:
-            return cache_policies.NOTEBOOK, True
-        if current.persist_results:
-            return None, True  # kept for retries only: no key to compute, nothing to look up
+    if persist is None and policy is cache_policies.DEFAULT and settings.current.cache:
+        return cache_policies.NOTEBOOK, True
     return policy, bool(persist)
 
 
@@ -219,11 +217,8 @@ def open_entry(task: Any, run: Any, parameters: dict[str, Any], policy: Any, per
             run.name, exc, exc_info=not isinstance(exc, ValueError),
         )
         parts = None
-    if parts is None:
-        if not persist or not settings.current.persist_results:
-            return None
-        # Kept for a retry of the flow run, never looked up: keyed by the run itself.
-        return Entry(task, run, store_at(), f"run-{run.id}", True)
+    if parts is None:  # nothing to look up; a result kept for a retry is stored by keep_for_retry
+        return None
     key = cache_policies.digest_parts(parts)
     store = store_at(getattr(policy, "key_storage", None))
     entry = Entry(task, run, store, key, persist)
@@ -241,6 +236,36 @@ def open_entry(task: Any, run: Any, parameters: dict[str, Any], policy: Any, per
     run.cache = CacheOutcome(key, False, "refresh_cache=True" if refresh else _why(store, slot, parts))
     store.remember(slot, parts)
     return entry
+
+
+def keep_for_retry(task_runs: Iterable[Any]) -> int:
+    """Store the results of the completed ``task_runs`` that are not stored yet, each under
+    its run's id, so that a retry reuses them (after a kernel restart too); how many were stored.
+
+    Called as a flow run that did not complete ends (see ``nbflow.flows``) and by
+    a worker as its run ends: a run that only a retry would read costs nothing
+    while its flow runs, and nothing at all when its flow run completes.
+    """
+    store = None
+    kept = 0
+    for run in task_runs:
+        state = run.state
+        if run.result_key is not None or run.cache is not None or not state.is_completed():
+            continue  # stored (or looked up) already, or nothing to keep
+        task = run.task
+        store = store or store_at()
+        key = f"run-{run.id}"
+        expiration: datetime.timedelta | None = task.cache_expiration
+        try:
+            store.write(key, state.data, task=task.name,
+                        expires=time.time() + expiration.total_seconds() if expiration is not None else None)
+        except StoreError as exc:
+            logger.warning("Task run %r: result not kept for a retry (%s); a retry computes it again.",
+                           run.name, exc)
+            continue
+        run.result_key = key
+        kept += 1
+    return kept
 
 
 def read(store: ResultStore, key: str) -> tuple[Any] | None:
@@ -290,4 +315,4 @@ def clear(task: str | None = None) -> int:
     return store.clear(task)
 
 
-__all__ = ["CacheOutcome", "Entry", "clear", "close_stores", "flush_stores", "key_parts", "open_entry", "policy_of", "read", "store_at"]
+__all__ = ["CacheOutcome", "Entry", "clear", "close_stores", "flush_stores", "keep_for_retry", "key_parts", "open_entry", "policy_of", "read", "store_at"]

@@ -14,8 +14,9 @@ run of the task they are in their flow run (Prefect's ``dynamic_key``), so
 the flow must make its task runs in the same order, as a flow over the same
 parameters does.
 
-Results are there to reuse when the original run persisted them: with the
-notebook extension loaded that is the default (``settings.persist_results``).
+Results are there to reuse when the original run kept them: with the
+notebook extension loaded (``settings.persist_results``), a flow run that did
+not complete stores its completed results as it ends (``cache.keep_for_retry``).
 """
 
 from __future__ import annotations

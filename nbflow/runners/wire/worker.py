@@ -252,11 +252,14 @@ def run_payload(
         _active[run] = active
     try:
         state = engine.run_here(run)
-        if run.cache is not None or run.result_key is not None:
+        if run.cache is not None or run.result_key is not None or settings.current.persist_results:
             # Stored or keyed here: the driver or another worker may look it up next, so the
-            # store's queued writes are committed before the run is reported.
+            # store's queued writes are committed before the run is reported. A result only a
+            # retry reads is kept here and now (the driver has no value of a run that stays remote).
             from nbflow.store import cache
 
+            if settings.current.persist_results:
+                cache.keep_for_retry([run])
             cache.flush_stores()
     finally:
         if active is not None:
