@@ -46,7 +46,7 @@ from nbflow.options import (
     unwrap_method,
 )
 from nbflow.records import FlowRun, TaskRun, iter_task_runs
-from nbflow.resolve import collect, dependencies, find, resolve
+from nbflow.resolve import collect, dependencies, find, resolve, wait_for_items
 from nbflow.runtime.task_run import calling_task_run_var
 from nbflow.signature import CallSignature, render_run_name
 from nbflow.states import State
@@ -268,7 +268,7 @@ def _wait_for_upstream(
     crashed), else ``(None, needs_resolve)``: whether the arguments hold
     futures, states or annotations to replace.
     """
-    wait_for = list(wait_for) if wait_for else None
+    wait_for = wait_for_items(wait_for) or None
     if dependencies(parameters, wait_for) is None:  # plain values only: nothing to wait for
         return None, False
     deps, needs_resolve = collect(parameters, wait_for)

@@ -16,6 +16,7 @@ INFO record on that run's logger instead: ``print`` itself is replaced (see
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import logging
 import sys
@@ -24,7 +25,7 @@ from collections import deque
 from typing import Any, Iterable, Iterator
 
 from nbflow import events, settings
-from nbflow.context import current_flow_run, flow_run_var, task_run_var
+from nbflow.context import EngineContext, TaskRunContext, current_flow_run, flow_run_var, task_run_var
 from nbflow.exceptions import MissingContextError
 
 logger = logging.getLogger("nbflow")
@@ -317,7 +318,7 @@ def _adapter(base: logging.Logger, run: Any) -> RunLoggerAdapter:
 
 
 def get_run_logger(context: Any = None, **extra: Any) -> logging.LoggerAdapter:
-    """The logger of the task run or flow run executing here (or of ``context``, a run record).
+    """The logger of the task run or flow run executing here (or of ``context``: a run context or record).
 
     Records go through the standard ``logging`` module (to the root logger's
     handlers) and, inside a task run, into the run's captured output. Their
@@ -326,9 +327,17 @@ def get_run_logger(context: Any = None, **extra: Any) -> logging.LoggerAdapter:
     """
     from nbflow.records import TaskRun
 
+    if isinstance(context, TaskRunContext):
+        context = context.task_run
+    elif isinstance(context, EngineContext):
+        context = context.flow_run
     run = context if context is not None else task_run_var.get()
     if run is None:
         run = current_flow_run()
+    if run is None and flow_run_logger.disabled and task_run_logger.disabled:
+        quiet = logging.getLogger("null")  # inside disable_run_logger(): a task's .fn() logs nowhere
+        quiet.disabled = True
+        return logging.LoggerAdapter(quiet, extra)
     if run is None:
         raise MissingContextError(
             "There is no active flow or task run context: get_run_logger() was called "
@@ -384,7 +393,34 @@ _capture_handler = _CaptureHandler()
 _capture_handler.setFormatter(RunFormatter())
 logger.addHandler(_capture_handler)
 
+def get_logger(name: str | None = None) -> logging.Logger:
+    """The ``nbflow`` logger, or its child ``name`` (a full ``"nbflow.x"`` name is taken as is)."""
+    if not name:
+        return logger
+    return logging.getLogger(name) if name.startswith("nbflow.") else logger.getChild(name)
+
+
+@contextlib.contextmanager
+def disable_logger(name: str) -> Iterator[None]:
+    """Disable the logger ``name`` inside the block; it is restored as it was after it."""
+    target = logging.getLogger(name)
+    before = target.disabled
+    target.disabled = True
+    try:
+        yield
+    finally:
+        target.disabled = before
+
+
+@contextlib.contextmanager
+def disable_run_logger() -> Iterator[None]:
+    """Silence run loggers inside the block, as for testing a task's ``.fn()``: there,
+    ``get_run_logger()`` outside any run returns a disabled logger instead of raising."""
+    with disable_logger(flow_run_logger.name), disable_logger(task_run_logger.name):
+        yield
+
+
 __all__ = [
-    "get_run_logger", "install_capture", "record_output", "echo_to_console", "console_echo", "OutputBuffer",
+    "get_run_logger", "get_logger", "disable_logger", "disable_run_logger", "install_capture", "record_output", "echo_to_console", "console_echo", "OutputBuffer",
     "RunFormatter", "log_level", "should_log_prints",
 ]

@@ -126,6 +126,8 @@ class OptionTable:
             else:
                 current = getattr(owner, option.attribute)
             value = changes.get(option.name, current)
+            if value is NotSet:  # what Prefect's with_options defaults to: keep the option
+                value = current
             if (option.keep == "none" and value is None) or (option.keep == "falsy" and not value):
                 value = current
             merged[option.name] = value

@@ -113,6 +113,19 @@ def _rebuild(t: type, items: list, plain: type) -> Any:
         return plain(items)
 
 
+def wait_for_items(wait_for: Any) -> list | None:
+    """``wait_for`` as a list of what to wait for: a collection's items, or one future, state,
+    annotated value or other object alone (as Prefect takes ``wait_for=future``); None for None."""
+    if wait_for is None:
+        return None
+    if isinstance(wait_for, (PrefectFuture, State, BaseAnnotation, str, bytes)):
+        return [wait_for]
+    try:
+        return list(wait_for)
+    except TypeError:  # not iterable: one thing to wait for
+        return [wait_for]
+
+
 def dependencies(parameters: dict[str, Any], wait_for: Any = None) -> tuple | None:
     """What a run with these arguments waits for before it starts: ``(upstream, failure_allowed)`` pairs.
 
@@ -145,8 +158,8 @@ def collect(parameters: dict[str, Any], wait_for: Any = None) -> tuple[list, boo
         if type(value) in _ATOMIC:
             continue
         special = _collect(value, deps, False) or special
-    if wait_for:
-        for item in wait_for:
+    if wait_for is not None:
+        for item in wait_for if type(wait_for) is list else wait_for_items(wait_for):
             allowed = isinstance(item, allow_failure)
             if allowed:
                 item = item.value
@@ -270,4 +283,4 @@ def _depends_on_itself(run: Any) -> None:
     )
 
 
-__all__ = ["visit", "find", "dependencies", "collect", "resolve"]
+__all__ = ["visit", "find", "dependencies", "collect", "resolve", "wait_for_items"]

@@ -15,6 +15,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from nbflow.context import current_flow_run, tags_var, tracer_var
 from nbflow.exceptions import TaskRunNameError
 from nbflow.options import (
+    MAX_RETRY_DELAYS,
     TASK_OPTIONS,
     MethodDescriptor,
     NotSet,
@@ -328,6 +329,19 @@ task.__signature__ = TASK_OPTIONS.signature(  # type: ignore[attr-defined]
 )
 
 
+def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
+    """Retry delays doubling from ``backoff_factor``: pass it as ``retry_delay_seconds``.
+
+    >>> exponential_backoff(2)(4)
+    [2, 4, 8, 16]
+    """
+
+    def delays(retries: int) -> list[float]:
+        return [backoff_factor * 2**attempt for attempt in range(min(retries, MAX_RETRY_DELAYS))]
+
+    return delays
+
+
 def task_input_hash(context: Any, arguments: dict[str, Any]) -> str | None:
     """A cache key from the task's identity and its arguments (for ``cache_key_fn``); None if they cannot be pickled."""
     import cloudpickle
@@ -340,4 +354,4 @@ def task_input_hash(context: Any, arguments: dict[str, Any]) -> str | None:
     return hashlib.sha256(payload).hexdigest()
 
 
-__all__ = ["MaterializingTask", "Task", "task", "task_input_hash"]
+__all__ = ["MaterializingTask", "Task", "task", "task_input_hash", "exponential_backoff"]

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 import nbflow.runtime
-from nbflow import flow, get_run_logger, task
+from nbflow import allow_failure, flow, get_run_logger, task
 from nbflow import exceptions as E
 from nbflow import states as S
 
@@ -401,3 +401,29 @@ def test_resolve_futures_to_results_keeps_the_shape_and_refuses_a_failure():
             return shaped, str(exc)
 
     assert pipeline() == ({"a": [2], "b": (3,), "c": 7}, "At least one result did not complete successfully")
+
+
+# -- wait_for= one future, not a list ----------------------------------------------------------
+def test_wait_for_takes_one_future_or_one_annotation_alone():
+    """Prefect 3.9.1 wraps a lone ``wait_for=`` value in a list for submit, map and inline calls."""
+    order = []
+
+    @task
+    def step(x):
+        order.append(x)
+        return x
+
+    @flow
+    def f():
+        first = step.submit(1)
+        out = [step.submit(2, wait_for=first).result()]
+        out.append(step.map([3], wait_for=first).result())
+        out.append(step(4, wait_for=first))
+        failed = boom.submit()
+        out.append(step.submit(5, wait_for=allow_failure(failed)).result())
+        state = step(6, wait_for=failed, return_state=True)
+        out.append(state.name)
+        return out
+
+    assert f() == [2, [3], 4, 5, "NotReady"]
+    assert order[0] == 1 and 6 not in order

@@ -20,6 +20,7 @@ from nbflow.engine import admits, upstream_message
 from nbflow.exceptions import MappingLengthMismatch, MappingMissingIterable, UpstreamTaskError
 from nbflow.futures import PrefectConcurrentFuture, PrefectFuture, PrefectFutureList
 from nbflow.records import TaskRun
+from nbflow.resolve import wait_for_items
 from nbflow.states import State
 from nbflow.tasks import Task
 
@@ -135,7 +136,7 @@ class TaskRunner(abc.ABC):
                 "in unmapped(...)."
             )
         futures: PrefectFutureList = PrefectFutureList()
-        wait_for = list(wait_for) if wait_for is not None else None
+        wait_for = wait_for_items(wait_for)
         count = next(iter(lengths.values()))
         flow_run = current_flow_run()
         if flow_run is not None:  # watchers count the whole map from its first run

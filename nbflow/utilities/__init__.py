@@ -1,0 +1,1 @@
+"""Prefect's ``prefect.utilities`` modules that user code imports: ``annotations``."""

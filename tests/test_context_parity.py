@@ -1,0 +1,169 @@
+"""Parity with Prefect 3.9.1 for the helpers Prefect code imports beside flows and tasks:
+``prefect.context`` (``get_run_context``, ``FlowRunContext``, ``TaskRunContext``, ``TagsContext``),
+``prefect.logging`` (``get_logger``, ``disable_run_logger``), ``prefect.tasks.exponential_backoff``,
+``prefect.utilities.annotations`` and ``prefect.testing.utilities.prefect_test_harness``.
+
+Each case was run on Prefect 3.9.1 (``src/prefect/context.py``, ``logging/loggers.py``,
+``tasks.py``, ``testing/utilities.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import nbflow
+from nbflow import flow, get_run_logger, history, tags, task
+from nbflow.context import EngineContext, FlowRunContext, TagsContext, TaskRunContext, get_run_context
+from nbflow.exceptions import MissingContextError
+from nbflow.logging import disable_run_logger, get_logger
+from nbflow.tasks import exponential_backoff
+from nbflow.testing.utilities import prefect_test_harness
+
+pytestmark = [pytest.mark.parity, pytest.mark.timeout(30)]
+
+
+def test_outside_a_run_there_is_no_run_context():
+    with pytest.raises(MissingContextError, match="No run context available. You are not in a flow or task run context."):
+        get_run_context()
+    assert FlowRunContext.get() is None and TaskRunContext.get() is None
+    assert TagsContext.get().current_tags == set()
+
+
+def test_a_flow_and_its_tasks_read_their_contexts():
+    seen = {}
+
+    @task(retries=1)
+    def t(x):
+        ctx = get_run_context()
+        outer = FlowRunContext.get()
+        seen.setdefault("tasks", []).append((
+            type(ctx).__name__, ctx.task.name, ctx.task_run.name, ctx.task_run.run_count, ctx.parameters,
+            ctx.task_run.flow_run_id == outer.flow_run.id, sorted(TagsContext.get().current_tags), type(outer).__name__,
+        ))
+        return x
+
+    @flow
+    def f(a=1):
+        ctx = get_run_context()
+        seen["flow"] = (type(ctx).__name__, ctx.flow.name, ctx.parameters, type(ctx.task_runner).__name__,
+                        ctx.flow_run.run_count, TaskRunContext.get(), ctx.log_prints, ctx.start_time is not None)
+        with tags("x", "y"):
+            seen["tags"] = TagsContext.get().current_tags
+            t.submit(1).result()
+        t(2)
+
+    f()
+    assert FlowRunContext is EngineContext
+    assert seen["flow"] == ("EngineContext", "f", {"a": 1}, "ThreadPoolTaskRunner", 1, None, False, True)
+    assert seen["tags"] == {"x", "y"} and type(seen["tags"]) is set
+    (first, second) = seen["tasks"]
+    assert first[:2] == ("TaskRunContext", "t") and first[2].startswith("t-")
+    assert first[3:] == (1, {"x": 1}, True, ["x", "y"], "EngineContext")
+    assert second[4:7] == ({"x": 2}, True, [])
+
+
+def test_a_subflow_called_from_a_task_has_its_own_flow_context():
+    seen = []
+
+    @flow
+    def sub():
+        seen.append((type(get_run_context()).__name__, get_run_context().flow.name, TaskRunContext.get().task.name))
+
+    @task
+    def calls_sub():
+        seen.append(type(get_run_context()).__name__)
+        sub()
+
+    @flow
+    def parent():
+        calls_sub()
+
+    parent()
+    assert seen == ["TaskRunContext", ("EngineContext", "sub", "calls_sub")]
+
+
+def test_get_run_logger_takes_a_run_context():
+    @task
+    def t():
+        return get_run_logger(get_run_context()).name
+
+    @flow
+    def f():
+        return get_run_logger(FlowRunContext.get()).name, t()
+
+    assert f() == ("nbflow.flow_runs", "nbflow.task_runs")
+
+
+def test_get_logger_names_children_of_the_package_logger():
+    assert get_logger().name == "nbflow"
+    assert get_logger("x").name == "nbflow.x"
+    assert get_logger("nbflow.y").name == "nbflow.y"
+
+
+def test_disable_run_logger_lets_a_tasks_fn_log_outside_a_run_and_restores_the_loggers():
+    @task
+    def t():
+        get_run_logger().info("hi")
+        return 1
+
+    with pytest.raises(MissingContextError):
+        t.fn()
+    with disable_run_logger():
+        assert t.fn() == 1
+        assert logging.getLogger("nbflow.task_runs").disabled
+    assert not logging.getLogger("nbflow.task_runs").disabled
+    assert not logging.getLogger("nbflow.flow_runs").disabled
+
+
+def test_exponential_backoff_doubles_from_its_factor_up_to_fifty_delays():
+    assert exponential_backoff(2)(4) == [2, 4, 8, 16]
+    assert exponential_backoff(0.5)(0) == []
+    assert len(exponential_backoff(1)(80)) == 50
+
+    attempts = []
+
+    @task(retries=2, retry_delay_seconds=exponential_backoff(0))
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ValueError("again")
+        return "ok"
+
+    assert flaky.retry_delay_seconds == [0, 0]
+
+    @flow
+    def f():
+        return flaky()
+
+    assert f() == "ok" and len(attempts) == 3
+
+
+def test_utilities_annotations_are_the_package_annotations():
+    from nbflow.utilities import annotations
+
+    assert annotations.unmapped is nbflow.unmapped and annotations.allow_failure is nbflow.allow_failure
+    assert annotations.quote is nbflow.quote and annotations.opaque is nbflow.opaque
+    assert isinstance(nbflow.unmapped(1), annotations.BaseAnnotation)
+    assert nbflow.task(lambda: 1, retries=3).with_options(retries=annotations.NotSet).retries == 3
+
+
+def test_the_test_harness_runs_flows_against_a_temporary_home_and_removes_it():
+    before = nbflow.settings.current.home
+
+    @task(persist_result=True)
+    def t():
+        return 1
+
+    @flow
+    def f():
+        return t()
+
+    with prefect_test_harness() as home:
+        assert nbflow.settings.current.home == home != before
+        assert f() == 1
+        assert [r.flow_name for r in history.flow_runs()] == ["f"]
+        assert (home / "history.sqlite").exists()
+    assert nbflow.settings.current.home == before
+    assert not home.exists()
