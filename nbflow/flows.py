@@ -316,7 +316,7 @@ def _outcome(flow_run: FlowRun, state: State, return_state: bool) -> Any:
     if state.data_returned and not isinstance(state.data, State):
         # As in Prefect, the call returns what the body returned, even holding failed states.
         return state.data
-    return state.result()
+    return state.result(_sync=True)
 
 
 def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:

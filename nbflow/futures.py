@@ -73,7 +73,7 @@ class PrefectFuture(Generic[R]):
                 f"Task run {run.id} did not complete within {timeout} seconds ({run.name!r} goes on "
                 "running: call .result() again to wait longer)"
             )
-        return run.states[-1].result(raise_on_failure=raise_on_failure)
+        return run.states[-1].result(raise_on_failure=raise_on_failure, _sync=True)
 
     def add_done_callback(self, fn: Any) -> None:
         """Call ``fn(future)`` once the run is over (at once if it already is).

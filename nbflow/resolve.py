@@ -236,9 +236,9 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
         if state.is_completed():
             return state.data
         if not allowed:
-            return state.result()  # raises; upstream checks normally stop this earlier
+            return state.result(_sync=True)  # raises; upstream checks normally stop this earlier
         if state.is_final():
-            return state.result(raise_on_failure=False)
+            return state.result(raise_on_failure=False, _sync=True)
         return None
 
     if _all_futures(value):
@@ -259,7 +259,7 @@ def _resolve(value: Any, allowed: bool, current_run: Any) -> Any:
             return result_of(v.task_run.states[-1])
         if isinstance(v, State):
             # A state given as it is: a Completed one made by hand with no data raises MissingResult, as in Prefect.
-            return v.result() if v.is_completed() else result_of(v)
+            return v.result(_sync=True) if v.is_completed() else result_of(v)
         if isinstance(v, BaseAnnotation):
             if isinstance(v, quote):
                 return v.value

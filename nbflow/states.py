@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import datetime
 import enum
+import inspect
+import sys
 import time
 import types
 import uuid
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from nbflow.annotations import BaseAnnotation
+from nbflow.context import flow_run_var, task_run_var
 from nbflow.exceptions import CancelledRun, CrashedRun, FailedRun, MissingResult, PausedRun, UnfinishedRun
 
 R = TypeVar("R")
@@ -87,6 +90,16 @@ class StateDetails:
     def __str__(self) -> str:  # pydantic's form, as Prefect prints it
         return " ".join(f"{name}={value!r}" for name, value in vars(self).items())
 
+
+
+def _in_async_code() -> bool:
+    """Whether ``State.result()`` is called from async code, by Prefect's rule: the run executing
+    here is an async task or flow; outside runs, the caller is a coroutine (Prefect: any running
+    loop, which would make a plain ``state.result()`` in a Jupyter cell a coroutine)."""
+    run = task_run_var.get() or flow_run_var.get()
+    if run is not None:
+        return (run.task if hasattr(run, "task") else run.flow).isasync
+    return bool(sys._getframe(2).f_code.co_flags & inspect.CO_COROUTINE)
 
 class State(Generic[R]):
     """The state of a run at one moment.
@@ -226,7 +239,7 @@ class State(Generic[R]):
         """True for Completed, Failed, Cancelled and Crashed."""
         return self.type in TERMINAL_STATES
 
-    def result(self, raise_on_failure: bool = True) -> R:
+    def result(self, raise_on_failure: bool = True, _sync: bool | None = None) -> R:
         """The run's value; for a failed, crashed or cancelled run its exception.
 
         The exception is raised, or with ``raise_on_failure=False`` the state's
@@ -235,7 +248,13 @@ class State(Generic[R]):
         :class:`~nbflow.exceptions.UnfinishedRun`, a paused one
         :class:`~nbflow.exceptions.PausedRun`, and a Completed state made by
         hand without data (``Completed()``) :class:`~nbflow.exceptions.MissingResult`.
+
+        In async code it is awaited, as in Prefect: inside an async task or flow,
+        and in a coroutine outside runs, it returns a coroutine (``await
+        state.result()``); ``_sync=True`` returns the value anywhere.
         """
+        if not (_sync if _sync is not None else not _in_async_code()):
+            return self._aresult(raise_on_failure)
         t = self.type
         if t is StateType.PAUSED:  # not an end: a paused run has no result (raise_on_failure aside)
             raise PausedRun("Run is paused, its result is not available.", state=self)
@@ -253,6 +272,9 @@ class State(Generic[R]):
         if raise_on_failure:
             raise get_state_exception(self)
         return get_state_exception(self) if self.data is None else self.data
+
+    async def _aresult(self, raise_on_failure: bool) -> R:
+        return self.result(raise_on_failure, _sync=True)
 
     def copy(self, **changes: Any) -> "State[R]":
         """A copy with some fields changed (``name``, ``message``, ``data``)."""

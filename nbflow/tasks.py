@@ -260,7 +260,7 @@ def _inline_outcome(run: TaskRun, state: State, return_state: bool) -> Any:
         return run.returned
     if state.name == "NotReady" and state.is_pending():  # Prefect's inline call gives None (the record says why)
         return None
-    return state.result()
+    return state.result(_sync=True)
 
 
 def _require_flow_run(task: Task, method: str) -> Any:

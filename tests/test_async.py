@@ -265,7 +265,7 @@ def test_async_task_whose_argument_fails_to_resolve_ends_failed_and_the_flow_goe
     @flow(timeout_seconds=SAFETY)
     async def f():
         state = await async_take(Positive(minus_one.submit()), return_state=True)
-        return state.name, state.result(raise_on_failure=False)
+        return state.name, await state.result(raise_on_failure=False)
 
     name, error = arun(f())
     assert name == "Failed" and isinstance(error, ValueError)
@@ -329,3 +329,46 @@ def test_async_hooks_are_awaited_on_the_flows_loop():
 
     flow_loop = arun(f())
     assert loops == [flow_loop]
+
+
+def test_state_result_is_awaited_in_async_code_as_in_prefect():
+    """Prefect 3.9.1 dispatches State.result(): a coroutine in an async task or flow (whatever
+    task the state is of) and in a coroutine outside runs; the value in sync code. A future's
+    ``.result()`` is always the value."""
+    kinds = []
+
+    @task
+    async def five() -> int:
+        return 5
+
+    @task
+    def six() -> int:
+        return 6
+
+    @flow
+    async def af():
+        state = await five(return_state=True)
+        pending = state.result()
+        kinds.append(inspect.iscoroutine(pending))
+        value = await pending
+        other = six(return_state=True).result()
+        kinds.append(inspect.iscoroutine(other))
+        value += await other
+        kinds.append(five.submit().result())
+        kinds.append(state.result(_sync=True))
+        return value
+
+    @flow
+    def sf():
+        kinds.append(six(return_state=True).result())
+        return 2
+
+    async def main():
+        state = await af(return_state=True)
+        awaited = state.result()
+        kinds.append(inspect.iscoroutine(awaited))
+        return await awaited, await sf(return_state=True).result()
+
+    assert arun(main()) == (11, 2)
+    assert kinds == [True, True, 5, 5, True, 6]
+    assert sf(return_state=True).result() == 2

@@ -193,7 +193,7 @@ def _settled(task: Task, name: str, value: PrefectFuture | State, annotation: ty
     else:
         dep = state = value
     if state.is_completed():
-        return state.result()
+        return state.result(_sync=True)
     if admits(state, annotation is allow_failure):
         return value
     raise UpstreamTaskError(f"Task {task.name!r}: .map() cannot map over {name}: {upstream_message(dep, state)}")
