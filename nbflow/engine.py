@@ -48,6 +48,7 @@ from nbflow import states as S
 from nbflow.completion import wait_all_async
 from nbflow.context import flow_run_var, task_run_var
 from nbflow.exceptions import CrashedRun, FlowRunTimeoutError, InvalidCacheKey, KernelInterrupt, TaskRunTimeoutError
+from nbflow.logging import get_run_logger
 from nbflow.records import NOTHING, TaskRun
 from nbflow.resolve import resolve
 from nbflow.states import State, StateType
@@ -132,7 +133,7 @@ def _carry_out(request: Request) -> Any:
             try:
                 run_coroutine(awaitable)
             except Exception:
-                _hook_failed(hook, request[2])
+                _hook_failed(hook, request[3])
     else:
         for completion in request[1]:
             completion.wait()
@@ -165,7 +166,7 @@ async def _carry_out_async(request: Request) -> Any:
             try:
                 await awaitable
             except Exception:
-                _hook_failed(hook, request[2])
+                _hook_failed(hook, request[3])
     else:
         await wait_all_async(request[1])
     return None
@@ -414,17 +415,16 @@ def _call_hooks(hooks: list | None, owner: Any, run: Any, state: State) -> Itera
         try:
             outcome = hook(owner, run, state)
         except Exception:
-            _hook_failed(hook, owner)
+            _hook_failed(hook, run)
             continue
         if inspect.isawaitable(outcome):  # async hooks are awaited, as in Prefect
             yield hook, outcome
 
 
-def _hook_failed(hook: Callable, owner: Any) -> None:
-    logger.exception(
-        "Hook %r of %r raised; the run's outcome is unchanged.",
-        getattr(hook, "__name__", hook),
-        getattr(owner, "name", owner),
+def _hook_failed(hook: Callable, run: Any) -> None:
+    """Log a hook's exception with its traceback on the run's logger, in Prefect's words."""
+    get_run_logger(run).error(
+        "An error was encountered while running hook %r", getattr(hook, "__name__", repr(hook)), exc_info=True
     )
 
 
@@ -449,9 +449,15 @@ def should_retry(owner: Any, run: Any, state: State) -> bool:
     if condition is None:
         return True
     try:
-        return bool(condition(owner, run, state))
+        verdict = condition(owner, run, state)
+        if inspect.isawaitable(verdict):  # an async condition is awaited, as in Prefect
+            verdict = run_coroutine(verdict)
+        return bool(verdict)
     except Exception:
-        logger.exception("retry_condition_fn of %r raised; not retrying.", owner.name)
+        get_run_logger(run).error(
+            "An error was encountered while running `retry_condition_fn` check %r for task %r; not retrying.",
+            condition, owner.name, exc_info=True,
+        )
         return False
 
 

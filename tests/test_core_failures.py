@@ -548,9 +548,23 @@ def test_hook_that_raises_is_logged_and_ignored(caplog):
     def t():
         return "value"
 
+    def bad_flow_hook(f, run, state):
+        raise RuntimeError("flow hook broke")
+
+    @flow(on_completion=[bad_flow_hook])
+    def f():
+        return t()
+
     with caplog.at_level(logging.ERROR):
         assert t() == "value"
-    assert any("bad_hook" in r.getMessage() or "hook broke" in (r.exc_text or "") for r in caplog.records)
+        assert f() == "value"
+    # Prefect's words, on the run's logger, with the hook's traceback
+    found = [(r.name, r.getMessage(), str(r.exc_info[1])) for r in caplog.records if "hook" in r.getMessage()]
+    assert found == [
+        ("nbflow.task_runs", "An error was encountered while running hook 'bad_hook'", "hook broke"),
+        ("nbflow.task_runs", "An error was encountered while running hook 'bad_hook'", "hook broke"),
+        ("nbflow.flow_runs", "An error was encountered while running hook 'bad_flow_hook'", "flow hook broke"),
+    ]
 
 
 def test_hook_decorator_form():
@@ -622,3 +636,34 @@ def test_failed_state_names_and_messages():
     state = out["state"]
     assert state.name == "Failed" and state.type is StateType.FAILED
     assert "UpstreamError" in state.message and "why" in state.message
+
+
+def test_an_async_retry_condition_is_awaited_and_a_raising_one_stops_retries(caplog):
+    calls = []
+
+    async def never(task, run, state):
+        return False
+
+    def broken(task, run, state):
+        raise RuntimeError("condition broke")
+
+    @task(retries=3, retry_condition_fn=never)
+    def a():
+        calls.append("a")
+        raise ValueError("x")
+
+    @task(retries=3, retry_condition_fn=broken)
+    def b():
+        calls.append("b")
+        raise ValueError("x")
+
+    @flow
+    def f():
+        return a(return_state=True).name, b(return_state=True).name
+
+    with caplog.at_level(logging.ERROR):
+        assert f() == ("Failed", "Failed")
+    assert calls == ["a", "b"]
+    (record,) = [r for r in caplog.records if "retry_condition_fn" in r.getMessage()]
+    assert record.name == "nbflow.task_runs" and "for task 'b'" in record.getMessage()
+    assert str(record.exc_info[1]) == "condition broke"
