@@ -47,7 +47,7 @@ from nbflow import settings
 from nbflow import states as S
 from nbflow.completion import wait_all_async
 from nbflow.context import flow_run_var, task_run_var
-from nbflow.exceptions import CrashedRun, FlowRunTimeoutError, InvalidCacheKey, KernelInterrupt, TaskRunTimeoutError
+from nbflow.exceptions import CrashedRun, FlowRunTimeoutError, KernelInterrupt, TaskRunTimeoutError
 from nbflow.logging import get_run_logger
 from nbflow.records import NOTHING, TaskRun
 from nbflow.resolve import resolve
@@ -500,7 +500,7 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
             if persist:
                 try:
                     entry = cache.open_entry(task, run, parameters, policy, persist)
-                except InvalidCacheKey as exc:
+                except Exception as exc:  # a cache key or storage key that cannot be made fails the run
                     return outcome_state(False, exc, f"Task run {run.name!r}", None, TaskRunTimeoutError)
             if entry is not None and entry.cached is not None:
                 entry.close(None)

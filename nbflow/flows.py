@@ -107,19 +107,18 @@ class Flow(MethodDescriptor, Generic[P, R]):
 
     # -- parameters --------------------------------------------------------------------
     def validate_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
-        """Parameters coerced to the function's type hints (pydantic, lax mode), defaults filled in, as Prefect's.
+        """Parameters coerced to the function's type hints (pydantic, lax mode), as Prefect's.
 
-        A name that is not a parameter raises SignatureMismatchError; a missing
-        required parameter or a value that does not fit its hint raises
-        ParameterTypeError listing every problem, in Prefect's words. Futures
-        and states are left for the runs that resolve them.
+        The result is in the signature's order with defaults filled in and
+        ``*args`` as a list; ``*args`` and ``**kwargs`` items are not checked
+        (as in Prefect). A name that is not a parameter raises
+        SignatureMismatchError; a missing required parameter or a value that
+        does not fit its hint raises ParameterTypeError listing every problem,
+        in Prefect's words. Futures and states are left for the runs that
+        resolve them. It validates whatever ``validate_parameters=`` says (a
+        run honours that: :meth:`parameters_for_run`).
         """
-        names = self.signature.names
-        if any(name not in names for name in parameters):
-            raise SignatureMismatchError.from_bad_params(list(names), list(parameters))
-        if not self.should_validate_parameters:
-            return parameters
-        validated = self.signature.apply_defaults(dict(parameters))
+        validated = self._complete(parameters)
         problems = [f"{name}: Field required" for name in self.signature.required if name not in parameters]
         adapters = self._type_adapters()
         if adapters:  # pydantic is imported only for a flow with type hints
@@ -139,23 +138,37 @@ class Flow(MethodDescriptor, Generic[P, R]):
             )
         return validated
 
+    def parameters_for_run(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """The parameters a run records and calls the function with: validated if the flow's
+        ``validate_parameters`` is on, else only completed (order, defaults, ``*args`` as a list)."""
+        return self.validate_parameters(parameters) if self.should_validate_parameters else self._complete(parameters)
+
+    def _complete(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """``parameters`` in the signature's order, defaults filled in, ``*args`` a list (Prefect records it so)."""
+        names = self.signature.names
+        if any(name not in names for name in parameters):
+            raise SignatureMismatchError.from_bad_params(list(names), list(parameters))
+        given = self.signature.apply_defaults(dict(parameters))
+        complete = {name: given[name] for name in names if name in given}
+        star = self.signature.var_positional
+        if star is not None and not isinstance(complete[star], list):
+            complete[star] = list(complete[star])
+        return complete
+
     def _type_adapters(self) -> dict[str, Any]:
-        """A pydantic TypeAdapter per hinted parameter (``*args: T`` checks each item, ``**kwargs: T`` each value)."""
+        """A pydantic TypeAdapter per hinted parameter but ``*args`` and ``**kwargs`` (Prefect checks neither)."""
         if self._adapters is None:
             self._adapters = {}
             try:
                 hints = typing.get_type_hints(self.fn)
             except Exception:
                 hints = getattr(self.fn, "__annotations__", {})
-            hints = {k: v for k, v in hints.items() if k != "return" and k in self.signature.names}
+            unchecked = ("return", self.signature.var_positional, self.signature.var_keyword)  # as Prefect
+            hints = {k: v for k, v in hints.items() if k not in unchecked and k in self.signature.names}
             if hints:
                 import pydantic
 
                 for name, hint in hints.items():
-                    if name == self.signature.var_positional:
-                        hint = tuple[hint, ...]
-                    elif name == self.signature.var_keyword:
-                        hint = dict[str, hint]
                     try:
                         self._adapters[name] = pydantic.TypeAdapter(
                             hint, config=pydantic.ConfigDict(arbitrary_types_allowed=True)
@@ -243,7 +256,7 @@ def _call_lifecycle(flow: Flow, flow_run: FlowRun, wait_for: Iterable[Any] | Non
         try:
             if needs_resolve:
                 flow_run.parameters = resolve(flow_run.parameters)
-            flow_run.parameters = flow.validate_parameters(flow_run.parameters)
+            flow_run.parameters = flow.parameters_for_run(flow_run.parameters)
         except Exception as exc:
             message = f"Validation of flow parameters failed with error: {type(exc).__name__}: {exc}"
             logger.error("Flow run %r: %s", flow_run.name, message)
@@ -341,6 +354,7 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
             attempt = flow_run.start_attempt(runner)
             if flow.on_running_hooks:
                 yield (engine.HOOKS, flow.on_running_hooks, flow, flow_run, attempt)
+            flow_run.start_body()
             on_deadline = None
             if flow.timeout_seconds is not None:  # off the main thread, waits in the body end when its runs do
                 on_deadline = functools.partial(

@@ -693,12 +693,19 @@ class FlowRun(RunId, FlowRunReading):
         return sum(max(0, n - counts.get(key, 0)) for key, n in list(self._expected.items()))
 
     def start_attempt(self, task_runner: TaskRunner) -> State:
-        """Begin an attempt with a fresh ``task_runner``: enter Running (every attempt, as Prefect's flow runs do)."""
-        self.run_count += 1
+        """Begin an attempt with a fresh ``task_runner``: enter Running (every attempt, as Prefect's flow runs do).
+
+        ``run_count`` counts the attempt from :meth:`start_body`: as in Prefect,
+        on_running hooks see the attempts before this one.
+        """
         self.task_runner = task_runner
         state = Running()
         self.set_state(state)
         return state
+
+    def start_body(self) -> None:
+        """Count the attempt whose body starts now."""
+        self.run_count += 1
 
     def request_cancel(self, reason: str) -> None:
         """Note that the run was cancelled (it ends Cancelled when its body returns)."""

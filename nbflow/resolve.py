@@ -17,7 +17,7 @@ from nbflow.futures import PrefectFuture, PrefectFutureList
 from nbflow.states import State
 
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex, range})
-_SEQUENCES = (list, tuple, set, frozenset)
+_SEQUENCES = (list, tuple, set)  # not frozenset: Prefect leaves what it holds as it is
 
 
 def visit(value: Any, on_future: Callable[[Any], Any], on_state: Callable[[Any], Any] | None = None) -> Any:
@@ -79,7 +79,7 @@ def _walk(value: Any, leaf: Callable[[Any], Any]) -> Any:
         new = [_walk(v, leaf) for v in value]
         if all(a is b for a, b in zip(new, value)):
             return value
-        if t in (list, tuple, set, frozenset):
+        if t in _SEQUENCES:
             return t(new)
         if hasattr(value, "_fields"):  # namedtuple
             return t._make(new)

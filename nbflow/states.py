@@ -124,6 +124,8 @@ class State(Generic[R]):
         data: Any = None,
         timestamp: float | None = None,
     ) -> None:
+        if type.__class__ is not StateType:  # "FAILED", as Prefect's model takes it
+            type = StateType(type)
         self.type = type
         self.name = name or _DEFAULT_NAMES[type]
         self.message = message

@@ -262,7 +262,7 @@ class Tracer:
 
     def _into_subflow(self, flow: Any, parameters: dict[str, Any]) -> Any:
         """Plan a subflow: trace its body, so its task runs are counted (its own parameters in force)."""
-        args, kwargs = flow.signature.call_arguments(flow.validate_parameters(parameters))
+        args, kwargs = flow.signature.call_arguments(flow.parameters_for_run(parameters))
         outer, self.flow_parameters = self.flow_parameters, parameters
         if flow.isasync:
             return self._subflow_async(flow, args, kwargs, outer)
@@ -704,7 +704,7 @@ def _seconds(s: float | None) -> str:
 
 def plan(flow: Any, args: tuple, kwargs: dict[str, Any]) -> Plan:
     """``Flow.plan(*args, **kwargs)``: trace the body, predict each run from the store (see the module doc)."""
-    parameters = flow.validate_parameters(flow.signature.bind(args, kwargs))
+    parameters = flow.parameters_for_run(flow.signature.bind(args, kwargs))
     call_args, call_kwargs = flow.signature.call_arguments(parameters)
     with _tracing(Tracer(planning=True, flow_parameters=parameters)) as tracer:
         if flow.isasync:

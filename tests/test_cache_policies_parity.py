@@ -171,6 +171,21 @@ def test_result_storage_key_is_where_the_result_goes_and_its_key():
     assert states_of(stored, (1,), (1,), (2,)) == ["Completed", "Cached", "Completed"]
 
 
+def test_a_result_storage_key_naming_nothing_there_fails_the_run_with_the_formatting_error():
+    @task(result_storage_key="{nope}")
+    def stored():
+        return 1
+
+    @flow
+    def f():
+        return stored(return_state=True)
+
+    state = f(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(KeyError, match="nope"):  # Prefect 3.9.1: the task run fails with it
+        state.result()
+
+
 def test_persist_result_false_ignores_the_policy_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="nbflow"):
         @task(cache_policy=INPUTS, persist_result=False)

@@ -147,3 +147,11 @@ def test_a_hand_made_completed_state_with_no_data_given_as_an_argument_raises_mi
     with pytest.raises(MissingResult, match="State data is missing"):
         resolve({"x": S.Completed()})
     assert resolve({"x": S.Completed(data=0)}) == {"x": 0}
+
+
+def test_a_frozenset_is_left_as_it_is_and_a_set_is_resolved_as_in_prefect():
+    future = finished(1)
+    frozen = frozenset([future])
+    resolved = resolve({"f": frozen, "s": {future}})
+    assert resolved["f"] is frozen and resolved["s"] == {1}  # Prefect 3.9.1 visits list, tuple and set
+    assert dependencies({"f": frozen}) is None

@@ -699,3 +699,10 @@ def test_state_details_of_a_task_called_outside_a_flow():
 
     details = one(return_state=True).state_details
     assert details.task_run_id is not None and details.flow_run_id is None
+
+
+def test_a_state_type_given_as_its_value_string_is_taken_as_the_type():
+    state = State(type="FAILED")
+    assert state.type is StateType.FAILED and state.name == "Failed"
+    with pytest.raises(ValueError):
+        State(type="NOT_A_TYPE")

@@ -55,7 +55,7 @@ def test_validate_parameters_reports_a_missing_required_parameter():
         typed.validate_parameters({})
 
 
-def test_parameters_beside_var_args_and_kwargs_are_coerced():
+def test_parameters_beside_var_args_and_kwargs_are_coerced_but_not_their_items():
     @flow
     def f(x: int, *args: int, **kwargs: float):
         return x, args, kwargs
@@ -64,8 +64,19 @@ def test_parameters_beside_var_args_and_kwargs_are_coerced():
     def g(x: int, **kwargs):
         return x, kwargs
 
-    assert f("1", "2", 3, k="4") == (1, (2, 3), {"k": 4.0})
+    assert f("1", "2", 3, k="4") == (1, ("2", 3), {"k": "4"})  # Prefect 3.9.1 checks neither *args nor **kwargs
     assert g("1", a=2) == (1, {"a": 2})
+    # the run records parameters in the signature's order, *args as a list
+    assert f.validate_parameters({"kwargs": {}, "x": "1", "args": ("2",)}) == {"x": 1, "args": ["2"], "kwargs": {}}
+    recorded = []
+
+    @flow(validate_parameters=False, on_completion=[lambda fl, run, state: recorded.append(run.parameters)])
+    def h(a, *args, b=2):
+        return nbflow.runtime.flow_run.parameters, args
+
+    assert h(1, 2, 3) == ({"a": 1, "args": [2, 3], "b": 2}, (2, 3))
+    assert recorded == [{"a": 1, "args": [2, 3], "b": 2}]
+    assert h.validate_parameters({"a": "x"}) == {"a": "x", "args": [], "b": 2}  # validates whatever the option
 
 
 # -- flow retries and hooks ------------------------------------------------------------------
@@ -156,16 +167,17 @@ def test_get_run_logger_records_carry_the_run_fields(caplog):
 
 
 # -- runtime ---------------------------------------------------------------------------------
-def test_runtime_server_fields_are_none_and_scheduled_start_time_is_when_the_run_started():
+def test_runtime_server_fields_are_empty_and_scheduled_start_time_is_when_the_run_started():
     @flow
     def f():
         fr = nbflow.runtime.flow_run
         return fr.scheduled_start_time, fr.parent_deployment_id, fr.job_variables, fr.api_url, fr.ui_url, ident(1)
 
     before = datetime.datetime.now(datetime.timezone.utc)
-    start, *nones, one = f()
+    start, deployment, job_variables, api_url, ui_url, one = f()
     assert before <= start <= datetime.datetime.now(datetime.timezone.utc)
-    assert nones == [None] * 4 and one == 1
+    assert [deployment, api_url, ui_url] == [None] * 3 and job_variables == {} and one == 1
+    assert nbflow.runtime.flow_run.job_variables is None  # outside a run
     assert nbflow.runtime.flow_run.get_scheduled_start_time().tzinfo is not None  # now, outside a run
     assert nbflow.runtime.task_run.api_url is None and nbflow.runtime.task_run.ui_url is None
 
@@ -427,3 +439,17 @@ def test_wait_for_takes_one_future_or_one_annotation_alone():
 
     assert f() == [2, [3], 4, 5, "NotReady"]
     assert order[0] == 1 and 6 not in order
+
+
+def test_a_flows_on_running_hook_sees_the_attempts_before_its_own_and_the_body_counts_it():
+    hook_counts, body_counts = [], []
+
+    @flow(retries=1, on_running=[lambda fl, run, state: hook_counts.append(run.run_count)])
+    def f():
+        body_counts.append(nbflow.runtime.flow_run.run_count)
+        if len(body_counts) == 1:
+            raise ValueError("first attempt fails")
+        return 1
+
+    assert f() == 1
+    assert hook_counts == [0, 1] and body_counts == [1, 2]  # Prefect 3.9.1; a task's hook sees 1, 2

@@ -1,7 +1,7 @@
 """The current flow run: ``id``, ``name``, ``flow_name``, ``flow_version``, ``parameters``,
 ``run_count``, ``tags``, ``scheduled_start_time``, ``parent_flow_run_id``, ``root_flow_run_id``,
-and Prefect's server-side fields ``parent_deployment_id``, ``job_variables``, ``api_url`` and
-``ui_url``, which are None here (no server, no deployments).
+and Prefect's server-side fields ``parent_deployment_id``, ``api_url`` and ``ui_url``, which
+are None here (no server, no deployments), and ``job_variables``, ``{}`` in a run as in Prefect.
 
 Each is also readable as a function, ``get_name()`` etc., as in Prefect. Ids
 are strings, as in Prefect; ``root_flow_run_id`` is the id of the top-level
@@ -29,7 +29,7 @@ _FIELDS = {
     "root_flow_run_id": lambda run: str(run.root.id),
     "scheduled_start_time": lambda run: _when(run.start_time),
     "parent_deployment_id": lambda run: None,
-    "job_variables": lambda run: None,
+    "job_variables": lambda run: {},
     "api_url": lambda run: None,
     "ui_url": lambda run: None,
 }

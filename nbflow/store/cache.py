@@ -205,13 +205,18 @@ class Entry:
 
 
 def open_entry(task: Any, run: Any, parameters: dict[str, Any], policy: Any, persist: bool) -> Entry | None:
-    """The run's entry, with ``cached`` set on a hit; None when the run has no key."""
+    """The run's entry, with ``cached`` set on a hit; None when the run has no key.
+
+    Raises what fails the run: InvalidCacheKey, or what formatting its ``result_storage_key`` raised.
+    """
     flow_run = run.flow_run
     try:
         parts = key_parts(task, run, parameters, policy, flow_run.parameters if flow_run is not None else {})
     except InvalidCacheKey:
         raise  # the run fails (task_lifecycle), as in Prefect
     except Exception as exc:
+        if policy is None:  # a result_storage_key that does not format fails the run, as in Prefect
+            raise
         logger.warning(
             "Task run %r: Error encountered when computing cache key - result will not be persisted. %s",
             run.name, exc, exc_info=not isinstance(exc, ValueError),
