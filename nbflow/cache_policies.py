@@ -40,22 +40,10 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 IsolationLevel = Literal["READ_COMMITTED", "SERIALIZABLE"]
 ISOLATION_LEVELS = ("READ_COMMITTED", "SERIALIZABLE")
-
-
-class CacheContext(NamedTuple):
-    """What a policy receives as ``task_ctx`` (and ``cache_key_fn`` as its first argument).
-
-    As Prefect's ``TaskRunContext``: ``task``, ``task_run`` (with ``.id`` and
-    ``.flow_run_id``) and the run's ``parameters``.
-    """
-
-    task: Any
-    task_run: Any
-    parameters: dict[str, Any]
 
 
 def digest_parts(parts: dict[str, str]) -> str:
@@ -404,7 +392,6 @@ __all__ = [
     "NO_CACHE",
     "RUN_ID",
     "TASK_SOURCE",
-    "CacheContext",
     "CacheKeyFnPolicy",
     "CachePolicy",
     "Code",

@@ -47,8 +47,8 @@ def current_flow_run() -> FlowRun | None:
 
 
 @contextlib.contextmanager
-def tags(*names: str) -> Iterator[frozenset[str]]:
-    """Add tags to every task run and flow run created inside the block.
+def tags(*names: str) -> Iterator[set[str]]:
+    """Add tags to every task run and flow run created inside the block; yields them all (a set, as Prefect).
 
     >>> with tags("db", "nightly"):
     ...     my_task.submit()
@@ -56,7 +56,7 @@ def tags(*names: str) -> Iterator[frozenset[str]]:
     new = tags_var.get() | frozenset(names)
     token = tags_var.set(new)
     try:
-        yield new
+        yield set(new)
     finally:
         tags_var.reset(token)
 
@@ -123,10 +123,15 @@ FlowRunContext = EngineContext  # Prefect's name for the same class
 class TaskRunContext(RunContext):
     """The context of a task run: ``task``, ``task_run``, ``parameters``.
 
-    Inside a subflow called from a task's code it is that task's run, as in Prefect.
+    Inside a subflow called from a task's code it is that task's run, as in
+    Prefect. A ``cache_key_fn`` receives one (with the arguments it keys on).
     """
 
-    __slots__ = ()
+    __slots__ = ("_parameters",)
+
+    def __init__(self, run: Any, parameters: dict[str, Any] | None = None) -> None:
+        super().__init__(run)
+        self._parameters = parameters
 
     @classmethod
     def get(cls) -> TaskRunContext | None:
@@ -148,7 +153,8 @@ class TaskRunContext(RunContext):
 
     @property
     def parameters(self) -> dict[str, Any]:
-        return dict(self.task_run.current_parameters)
+        given = self._parameters
+        return dict(self.task_run.current_parameters) if given is None else given
 
     def __repr__(self) -> str:
         return f"TaskRunContext(task_run={self.task_run!r})"

@@ -493,10 +493,13 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
             except Exception as exc:
                 return S.Failed(message=str(exc), data=exc)
         current = settings.current
-        if task.persist_result or current.cache:
+        flow_run = run.flow_run
+        if task.persist_result or current.cache or (
+            task.persist_result is None and flow_run is not None and flow_run.persist_result
+        ):
             from nbflow.store import cache
 
-            policy, persist = cache.policy_of(task)
+            policy, persist = cache.policy_of(task, flow_run)
             if persist:
                 try:
                     entry = cache.open_entry(task, run, parameters, policy, persist)

@@ -160,7 +160,7 @@ class Flow(MethodDescriptor, Generic[P, R]):
         if self._adapters is None:
             self._adapters = {}
             try:
-                hints = typing.get_type_hints(self.fn)
+                hints = typing.get_type_hints(self.fn, include_extras=True)  # Annotated constraints too
             except Exception:
                 hints = getattr(self.fn, "__annotations__", {})
             unchecked = ("return", self.signature.var_positional, self.signature.var_keyword)  # as Prefect

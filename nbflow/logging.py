@@ -313,7 +313,8 @@ def _adapter(base: logging.Logger, run: Any) -> RunLoggerAdapter:
             "flow_name": run.flow_run.flow_name if run.flow_run is not None else None,
         }
     else:
-        extra = {"flow_run_name": run.name, "flow_run_id": str(run.id), "flow_name": run.flow_name}
+        extra = {"flow_run_name": run.name, "flow_run_id": str(run.id), "flow_name": run.flow_name,
+                 "deployment_name": None}  # Prefect's key; nbflow has no deployments
     return RunLoggerAdapter(base, extra)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from nbflow.exceptions import InvalidNameError, ReservedArgumentError
 
 logger = logging.getLogger("nbflow")
+task_logger = logging.getLogger("nbflow.tasks")  # where Prefect warns of a task's options
 
 RESERVED_ARGUMENTS = ("wait_for", "return_state")
 MAX_RETRY_DELAYS = 50
@@ -283,12 +284,12 @@ def _task_cache_policy(value: Any, owner: Any, given: Mapping[str, Any]) -> Any:
     key_fn = given["cache_key_fn"]
     if key_fn is not None:
         if value is not NotSet:
-            logger.warning("Both `cache_policy` and `cache_key_fn` are set on task %r. `cache_key_fn` will be used.", name)
+            task_logger.warning("Both `cache_policy` and `cache_key_fn` are set on task %r. `cache_key_fn` will be used.", name)
         value = cache_policies.CachePolicy.from_cache_key_fn(key_fn)
     storage_key = given["result_storage_key"]
     if _task_persist_result(given["persist_result"], owner, given) is False:
         if value not in (NotSet, None) and value != cache_policies.NO_CACHE:
-            logger.warning("Ignoring `cache_policy` because `persist_result` is False (task %r).", name)
+            task_logger.warning("Ignoring `cache_policy` because `persist_result` is False (task %r).", name)
         return None if value is None else cache_policies.NO_CACHE
     if value is NotSet and storage_key is None:
         return cache_policies.DEFAULT

@@ -28,4 +28,8 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = ["TaskRunner", "ThreadPoolTaskRunner", *_LAZY]

@@ -198,13 +198,20 @@ class Task(MethodDescriptor, Generic[P, R]):
             return future.state
         return future
 
-    def map(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+    def map(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None,
+            deferred: bool = False, **kwargs: Any) -> Any:
         """Submit one run per element of the iterable arguments; returns a PrefectFutureList.
 
         Every iterable argument (but ``str``, ``bytes`` and files) is mapped
         over, element by element; wrap an iterable in ``unmapped(...)`` to pass
         it whole to every run. ``return_state=True`` returns the final States.
+        ``deferred`` is Prefect's: ``False`` only (nbflow has no task workers to defer to).
         """
+        if deferred:
+            raise ValueError(
+                f"Task {self.name!r}: .map(deferred=True) hands runs to Prefect's task workers; "
+                "nbflow runs them in this process. Drop deferred=True."
+            )
         tracer = tracer_var.get()
         if tracer is not None:  # Flow.visualize()/plan() is tracing: record the call, run nothing
             return tracer.trace(self, "map", args, kwargs, wait_for, return_state)

@@ -115,9 +115,11 @@ def test_an_input_that_cannot_be_hashed_warns_naming_it_and_runs_uncached(caplog
 
     with caplog.at_level(logging.WARNING, logger="nbflow"):
         assert states_of(locked, (1, threading.Lock()), (1, threading.Lock())) == ["Completed", "Completed"]
-    messages = [r.getMessage() for r in caplog.records if "cache key" in r.getMessage()]
+    records = [r for r in caplog.records if "cache key" in r.getMessage()]
+    messages = [r.getMessage() for r in records]
     assert len(messages) == 2
-    assert "Error encountered when computing cache key - result will not be persisted." in messages[0]
+    assert [(r.name, r.levelname) for r in records] == [("nbflow.task_runs", "ERROR")] * 2  # as Prefect's
+    assert messages[0].startswith("Error encountered when computing cache key - result will not be persisted.")
     assert "'lock'" in messages[0] and "'locked'" in messages[0] and "Inputs(exclude=['lock'])" in messages[0]
 
 
@@ -386,3 +388,36 @@ def test_with_options_carries_the_policy_the_user_gave():
     off = base.with_options(persist_result=False)
     assert off.cache_policy == NO_CACHE and off.persist_result is False
     assert task(lambda x: x).with_options(cache_policy=TASK_SOURCE).cache_policy is TASK_SOURCE
+
+
+def test_a_flows_persist_result_reaches_its_tasks_and_its_subflows_tasks():
+    calls = []
+
+    @task
+    def t(x):
+        calls.append(x)
+        return x
+
+    @task(persist_result=False)
+    def never(x):
+        calls.append(-x)
+        return x
+
+    @flow
+    def child():
+        return t(2, return_state=True).name, t(2, return_state=True).name
+
+    @flow(persist_result=True)
+    def parent():
+        names = [t(1, return_state=True).name, t(1, return_state=True).name]
+        names += [never(1, return_state=True).name, never(1, return_state=True).name]
+        return names, child()
+
+    assert parent() == (["Completed", "Cached", "Completed", "Completed"], ("Completed", "Cached"))
+    assert calls == [1, -1, -1, 2]
+
+    @flow
+    def plain():
+        return t(3, return_state=True).name, t(3, return_state=True).name
+
+    assert plain() == ("Completed", "Completed")  # no flow asks: nothing persisted, nothing cached

@@ -167,3 +167,104 @@ def test_the_test_harness_runs_flows_against_a_temporary_home_and_removes_it():
         assert (home / "history.sqlite").exists()
     assert nbflow.settings.current.home == before
     assert not home.exists()
+
+
+def test_cache_key_fn_receives_a_task_run_context():
+    seen = []
+
+    def key(context, parameters):
+        seen.append((type(context).__name__, context.task.name, context.task_run.name.startswith("keyed-"), context.parameters))
+        return "k"
+
+    @task(cache_key_fn=key)
+    def keyed(x):
+        return x
+
+    @flow
+    def f():
+        return keyed(1)
+
+    assert f() == 1
+    assert seen == [("TaskRunContext", "keyed", True, {"x": 1})]
+
+
+def test_tags_yields_a_set_of_every_tag_in_force():
+    with tags("a") as outer:
+        with tags("b") as inner:
+            assert type(inner) is set and inner == {"a", "b"}
+        assert outer == {"a"}
+
+
+def test_runtime_fields_are_read_from_the_environment_as_their_type(monkeypatch):
+    import nbflow.runtime
+
+    monkeypatch.setenv("NBFLOW__RUNTIME__FLOW_RUN__NAME", "env-name")
+    monkeypatch.setenv("NBFLOW__RUNTIME__TASK_RUN__RUN_COUNT", "3")
+    monkeypatch.setenv("NBFLOW__RUNTIME__FLOW_RUN__NOT_A_FIELD", "raw")
+    assert nbflow.runtime.flow_run.name == "env-name" and nbflow.runtime.task_run.run_count == 3
+    assert nbflow.runtime.flow_run.not_a_field == "raw"
+
+    @flow
+    def f():
+        return nbflow.runtime.flow_run.name
+
+    assert f() == "env-name"  # as in Prefect: the environment wins inside a run too
+    monkeypatch.setenv("NBFLOW__RUNTIME__FLOW_RUN__PARAMETERS", "{}")
+    with pytest.raises(ValueError, match="cannot be mocked using an environment variable"):
+        nbflow.runtime.flow_run.parameters
+
+
+def test_runtime_deployment_is_empty_and_names_the_flow_run():
+    from nbflow.runtime import deployment
+
+    assert (deployment.id, deployment.flow_run_id, deployment.parameters, deployment.name, deployment.version) == (
+        None, None, {}, None, None)
+
+    @flow
+    def f():
+        return deployment.id, deployment.flow_run_id, deployment.parameters, nbflow.runtime.flow_run.id
+
+    dep_id, run_id, parameters, flow_run_id = f()
+    assert dep_id is None and parameters == {} and run_id == flow_run_id
+
+
+def test_a_flow_run_context_has_its_flows_id_and_its_logger_a_deployment_name(caplog):
+    @flow
+    def f():
+        get_run_logger().info("hello")
+        return get_run_context().flow_run.flow_id
+
+    first, second = f(), f()
+    assert first == second and first.version == 5  # one per flow name
+    record = [r for r in caplog.records if r.getMessage() == "hello"][0]
+    assert record.deployment_name is None and record.flow_name == "f"
+
+
+def test_task_runners_compare_by_kind_and_workers_and_list_the_lazy_ones():
+    from nbflow import task_runners
+
+    runner = task_runners.ThreadPoolTaskRunner(max_workers=2)
+    assert runner == task_runners.ThreadPoolTaskRunner(max_workers=2) == runner.duplicate()
+    assert runner != task_runners.ThreadPoolTaskRunner(max_workers=3)
+    assert runner != task_runners.ProcessPoolTaskRunner(max_workers=2)
+    assert len({runner, runner.duplicate()}) == 1
+    assert {"ProcessPoolTaskRunner", "DaskTaskRunner", "RayTaskRunner"} <= set(dir(task_runners))
+
+
+def test_map_takes_deferred_false_and_refuses_deferred_true():
+    @task
+    def inc(x):
+        return x + 1
+
+    @flow
+    def f():
+        return inc.map([1, 2], deferred=False).result()
+
+    assert f() == [2, 3]
+
+    @flow
+    def g():
+        inc.map([1], deferred=True)
+
+    with pytest.raises(ValueError, match="deferred=True"):
+        g()

@@ -113,6 +113,12 @@ class ProcessPoolTaskRunner(TaskRunner):
     def __repr__(self) -> str:
         return f"ProcessPoolTaskRunner(max_workers={self.max_workers})"
 
+    def __eq__(self, other: object) -> bool:  # as Prefect's: the same kind of runner with as many workers
+        return isinstance(other, ProcessPoolTaskRunner) and other.max_workers == self.max_workers
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.max_workers))
+
 
 # -- the pools ------------------------------------------------------------------------
 _pools: dict[tuple, _Pool] = {}

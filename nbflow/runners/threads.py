@@ -56,5 +56,11 @@ class ThreadPoolTaskRunner(TaskRunner):
     def __repr__(self) -> str:
         return f"ThreadPoolTaskRunner(max_workers={self.max_workers})"
 
+    def __eq__(self, other: object) -> bool:  # as Prefect's: the same kind of runner with as many workers
+        return isinstance(other, ThreadPoolTaskRunner) and other.max_workers == self.max_workers
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.max_workers))
+
 
 __all__ = ["ThreadPoolTaskRunner"]

@@ -24,7 +24,9 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from nbflow import cache_policies, settings
+from nbflow.context import TaskRunContext
 from nbflow.exceptions import InvalidCacheKey
+from nbflow.logging import get_run_logger
 from nbflow import states as S
 from nbflow.store.results import ResultStore, StoreError
 
@@ -45,16 +47,19 @@ class CacheOutcome(NamedTuple):
 
 
 # -- which policy a run uses ---------------------------------------------------------------------
-def policy_of(task: Any) -> tuple[Any, bool]:
-    """``(policy or None, persist)`` for a run of ``task`` under the settings in force.
+def policy_of(task: Any, flow_run: Any = None) -> tuple[Any, bool]:
+    """``(policy or None, persist)`` for a run of ``task`` in ``flow_run`` under the settings in force.
 
-    A task's own ``persist_result`` wins; without one, results are persisted when
-    the notebook cache is on (which also gives a task with no policy of its own
-    ``INPUTS + CODE``). Results kept for a retry only are not looked up or
-    stored while their run executes (see :func:`keep_for_retry`).
+    A task's own ``persist_result`` wins; without one, its flow run's (its
+    flow's, or a parent flow's: Prefect's rule), else results are persisted
+    when the notebook cache is on (which also gives a task with no policy of
+    its own ``INPUTS + CODE``). Results kept for a retry only are not looked
+    up or stored while their run executes (see :func:`keep_for_retry`).
     """
     policy = task.cache_policy
     persist = task.persist_result
+    if persist is None and flow_run is not None:
+        persist = flow_run.persist_result
     if persist is None and policy is cache_policies.DEFAULT and settings.current.cache:
         return cache_policies.NOTEBOOK, True
     return policy, bool(persist)
@@ -217,9 +222,9 @@ def open_entry(task: Any, run: Any, parameters: dict[str, Any], policy: Any, per
     except Exception as exc:
         if policy is None:  # a result_storage_key that does not format fails the run, as in Prefect
             raise
-        logger.warning(
-            "Task run %r: Error encountered when computing cache key - result will not be persisted. %s",
-            run.name, exc, exc_info=not isinstance(exc, ValueError),
+        get_run_logger(run).error(  # Prefect's words, on the run's logger, and what went wrong
+            "Error encountered when computing cache key - result will not be persisted. %s",
+            exc, exc_info=not isinstance(exc, ValueError),
         )
         parts = None
     if parts is None:  # nothing to look up; a result kept for a retry is stored by keep_for_retry
@@ -298,7 +303,7 @@ def key_parts(task: Any, run: Any, parameters: dict[str, Any], policy: Any, flow
 
             names = {name: getattr(runtime, name) for name in ("flow_run", "task_run")}
         return {"result_storage_key": template.format(**names, parameters=parameters)}
-    return policy.key_parts(cache_policies.CacheContext(task, run, parameters), parameters, flow_parameters)
+    return policy.key_parts(TaskRunContext(run, parameters), parameters, flow_parameters)
 
 
 def _why(store: ResultStore, slot: str, parts: dict[str, str]) -> str | None:

@@ -10,7 +10,8 @@ SHA-1 (the fastest of hashlib's digests on large buffers here), so that the
 type of every piece counts (``1``, ``1.0``, ``True`` and ``"1"`` differ):
 
 - ``None``, bools, ints, floats (by their bits), complex, str and bytes
-  directly; tuples and lists item by item; dicts and sets in the order of
+  directly; tuples and lists item by item (``(1, 2)`` and ``[1, 2]`` alike, as
+  Prefect's JSON-based hash has them); dicts and sets in the order of
   their keys' (items') fingerprints, so insertion order never matters;
 - dataclasses, named tuples and pydantic models by their type's qualified
   name and their fields;
@@ -117,7 +118,7 @@ def _feed_bytes(update: Update, value: bytes | bytearray) -> None:
 
 
 def _feed_sequence(update: Update, value: list[Any] | tuple[Any, ...]) -> None:
-    update((b"l" if type(value) is list else b"t") + _LENGTH(len(value)))
+    update(b"l" + _LENGTH(len(value)))  # a tuple and an equal list are one key, as in Prefect
     for item in value:
         _feed(update, item)
 

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 class FlowRunStandIn:
     """What a worker knows of the flow run its task run belongs to (and of that run's parents).
 
-    ``nbflow.runtime.flow_run`` and run loggers read it; ``log_prints`` is the
-    setting in force for the run's tasks (inherited as on the driver); the
+    ``nbflow.runtime.flow_run`` and run loggers read it; ``log_prints`` and
+    ``persist_result`` are the settings in force for the run's tasks (inherited as on the driver); the
     driver's settings come along so the worker stores caches and captures
     output as the driver would. Tasks cannot be submitted from a task on a
     worker (``task_runner`` is None), but they can be called.
@@ -55,6 +55,7 @@ class FlowRunStandIn:
         "name",
         "parameters",
         "parent",
+        "persist_result",
         "run_count",
         "settings",
         "subflow_runs",
@@ -69,7 +70,7 @@ class FlowRunStandIn:
 
     def __init__(self, id_: int, name: str, flow_name: str, version: str | None, log_prints: bool,
                  parameters: dict[str, Any], run_count: int, tags: frozenset[str],
-                 parent: FlowRunStandIn | None, settings_: settings.Settings) -> None:
+                 parent: FlowRunStandIn | None, settings_: settings.Settings, persist_result: bool | None) -> None:
         self._id = id_
         self.name = name
         self.flow_name = flow_name
@@ -80,6 +81,7 @@ class FlowRunStandIn:
         self.tags = tags
         self.parent = parent
         self.settings = settings_
+        self.persist_result = persist_result  # in force for its tasks (inherited as on the driver)
         self.task_runs: list[TaskRun] = []  # runs of tasks called inline in the remote task
         self.subflow_runs: list[FlowRun] = []
         self._task_counts: dict[str, int] = {}
@@ -89,7 +91,7 @@ class FlowRunStandIn:
         parent = cls.of(flow_run.parent) if flow_run.parent is not None else None
         return cls(flow_run.int_id, flow_run.name, flow_run.flow_name, flow_run.flow.version,
                    should_log_prints(flow_run), flow_run.parameters, flow_run.run_count,
-                   flow_run.tags, parent, settings.current)
+                   flow_run.tags, parent, settings.current, flow_run.persist_result)
 
     @property
     def id(self) -> Any:
@@ -112,7 +114,8 @@ class FlowRunStandIn:
 
     def __reduce__(self) -> tuple:
         return (FlowRunStandIn, (self._id, self.name, self.flow_name, self.version, self.log_prints,
-                                 self.parameters, self.run_count, self.tags, self.parent, self.settings))
+                                 self.parameters, self.run_count, self.tags, self.parent, self.settings,
+                                 self.persist_result))
 
 
 class _ArgumentPickler(cloudpickle.Pickler):
