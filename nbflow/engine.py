@@ -48,7 +48,7 @@ from nbflow import states as S
 from nbflow.completion import wait_all_async
 from nbflow.context import flow_run_var, task_run_var
 from nbflow.exceptions import CrashedRun, FlowRunTimeoutError, KernelInterrupt, TaskRunTimeoutError
-from nbflow.logging import get_run_logger
+from nbflow.logging import get_run_logger, lifecycle
 from nbflow.records import NOTHING, TaskRun
 from nbflow.resolve import resolve
 from nbflow.states import State, StateType
@@ -365,6 +365,9 @@ def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeou
         return S.Cancelled(message=f"{what} was cancelled while running.", data=None)
     if isinstance(value, (KeyboardInterrupt, SystemExit)):
         return S.Crashed(message=f"{what} was interrupted by {type(value).__name__}.", data=value)
+    if isinstance(value, TimeoutError):  # as Prefect: a TimeoutError out of the code (a subflow's, a task's) times the run out
+        kind = "Flow run" if timeout_error is FlowRunTimeoutError else "Task run"
+        return S.TimedOut(message=f"{kind} failed due to timeout: {value!r}", data=value)
     if isinstance(value, Exception):  # Prefect's words exactly: users compare them (the run's record names it)
         words = _FAILED_WORDS[timeout_error is FlowRunTimeoutError]
         return S.Failed(message=f"{words}{type(value).__name__}: {value}", data=value)
@@ -541,10 +544,20 @@ def task_lifecycle(run: TaskRun, parameters: dict[str, Any]) -> Lifecycle:
                 delay = retry_delay(
                     task.retry_delay_seconds, task.retries, run.run_count, task.retry_jitter_factor
                 )
+                lifecycle(run, logging.INFO, "Task run failed with %s: %r - Retry %s/%s will start %s",
+                          *_failure(ok, value, state), run.run_count, task.retries,
+                          f"{delay} second(s) from now" if delay else "immediately")
                 run.set_state(S.AwaitingRetry(message=f"Retry {run.run_count} of {task.retries} after: {state.message}"))
                 if delay:
                     yield (SLEEP, delay, run)
                 continue
+            if state.is_failed():
+                kind, failure = _failure(ok, value, state)
+                lifecycle(run, logging.ERROR, f"Task run failed with {kind}: {failure!r}"
+                          + (" - Retries are exhausted" if task.retries else ""),
+                          exc_info=failure if isinstance(failure, BaseException) else None)
+                if state.name == "TimedOut":
+                    lifecycle(run, logging.ERROR, "Task run exceeded timeout of %s second(s)", task.timeout_seconds)
             break
         if entry is not None:
             entry.close(state)
@@ -690,8 +703,16 @@ async def run_here_async(run: TaskRun) -> State:
 def _end(run: TaskRun, state: State) -> State:
     """End ``run`` in ``state`` (unless its lifecycle went on in another thread); return its state."""
     if state is not _ABANDONED:
+        lifecycle(run, logging.INFO if state.is_completed() else logging.ERROR, "Finished in state %s", state)
         run.finish(state)
     return run.state
+
+
+def _failure(ok: bool, value: Any, state: State) -> tuple[str, Any]:
+    """How Prefect's log records name a failed attempt: its exception, or the failed state it returned."""
+    if ok or not isinstance(value, BaseException):
+        return "state", state
+    return "exception", state.data if isinstance(state.data, BaseException) else value  # a timeout's own error
 
 
 def _end_crashed(run: TaskRun, exc: BaseException) -> None:

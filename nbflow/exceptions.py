@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import traceback
+from typing import Any, Callable
+
+
+def exception_traceback(exc: BaseException) -> str:
+    """``exc`` with its traceback, as Python prints it."""
+    return "".join(traceback.TracebackException.from_exception(exc).format())
+
 
 class PrefectException(Exception):
     """Base class of every exception nbflow raises for its own reasons."""
@@ -72,12 +81,34 @@ class ReservedArgumentError(PrefectException, TypeError):
     """A task function has a parameter whose name nbflow reserves."""
 
 
-class ParameterBindError(PrefectException, TypeError):
+class ParameterBindError(TypeError, PrefectException):
     """Arguments do not fit the signature of the task or flow."""
+
+    @classmethod
+    def from_bind_failure(cls, fn: Callable[..., Any], exc: TypeError, call_args: tuple[Any, ...],
+                          call_kwargs: dict[str, Any]) -> ParameterBindError:
+        """The error for ``fn`` called with ``call_args`` and ``call_kwargs``, in Prefect's words."""
+        return cls.for_signature(fn.__name__, inspect.signature(fn), exc, call_args, call_kwargs)
+
+    @classmethod
+    def for_signature(cls, name: str, signature: inspect.Signature, exc: TypeError, call_args: tuple[Any, ...],
+                      call_kwargs: dict[str, Any]) -> ParameterBindError:
+        """The error for the function ``name`` of ``signature``: the problem, the signature, what came."""
+        return cls(
+            f"Error binding parameters for function '{name}': {exc}.\n"
+            f"Function '{name}' has signature '{str(signature).strip('()')}' but received args: {call_args} "
+            f"and kwargs: {list(call_kwargs)}."
+        )
 
 
 class ParameterTypeError(PrefectException):
     """A flow parameter failed validation against its type hint."""
+
+    @classmethod
+    def from_validation_error(cls, exc: Any) -> ParameterTypeError:
+        """The error for a pydantic ``ValidationError``, one line per problem, in Prefect's words."""
+        problems = [f"{'.'.join(str(item) for item in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        return cls("Flow run received invalid parameters:\n - " + "\n - ".join(problems))
 
 
 class SignatureMismatchError(PrefectException, TypeError):
@@ -110,7 +141,52 @@ class MissingFlowError(PrefectException):
 
 
 class ObjectNotFound(PrefectException):
-    """A run, flow or record that was asked for does not exist."""
+    """A run, flow or record that was asked for does not exist (Prefect's signature: the HTTP error, a message)."""
+
+    def __init__(self, http_exc: Exception | None = None, help_message: str | None = None, *args: Any) -> None:
+        self.http_exc = http_exc
+        self.help_message = help_message
+        super().__init__(help_message, *args)
+
+
+class ObjectAlreadyExists(PrefectException):
+    """Prefect's conflict error (409 from its API); kept for code that catches it."""
+
+    def __init__(self, http_exc: Exception | None = None, *args: Any) -> None:
+        self.http_exc = http_exc
+        super().__init__(*args)
+
+
+class UnspecifiedFlowError(PrefectException):
+    """Several flows were found where one was expected, and none was named."""
+
+
+class ScriptError(PrefectException):
+    """A script raised while it was loaded to find a flow in it."""
+
+    def __init__(self, user_exc: Exception, path: str) -> None:
+        super().__init__(f"Script at {str(path)!r} encountered an exception: {user_exc!r}")
+        self.user_exc = user_exc
+
+
+class MissingProfileError(PrefectException, ValueError):
+    """A settings profile that does not exist was asked for."""
+
+
+class InfrastructureError(PrefectException):
+    """Prefect's base of errors from infrastructure; kept for code that catches it."""
+
+
+class NotPausedError(PrefectException):
+    """A run that is not paused was asked to resume."""
+
+
+class FlowPauseTimeout(PrefectException):
+    """A paused flow run was not resumed in time."""
+
+
+class FlowRunWaitTimeout(PrefectException):
+    """A flow run took longer than a wait for it allowed."""
 
 
 class PrefectImportError(ImportError):

@@ -38,6 +38,7 @@ from nbflow.exceptions import (
     UnfinishedTaskRunsWarning,
 )
 from nbflow.futures import PrefectFuture
+from nbflow.logging import lifecycle
 from nbflow.options import (
     FLOW_OPTIONS,
     MethodDescriptor,
@@ -262,11 +263,13 @@ def _call_lifecycle(flow: Flow, flow_run: FlowRun, wait_for: Iterable[Any] | Non
             logger.error("Flow run %r: %s", flow_run.name, message)
             state = S.Failed(message=message, data=exc)
     if state is None:
-        return (yield from flow_lifecycle(flow, flow_run))
-    flow_run.set_state(state)
-    hooks = engine.final_hooks(flow, state)
-    if hooks:
-        yield (engine.HOOKS, hooks, flow, flow_run, state)
+        state = yield from flow_lifecycle(flow, flow_run)
+    else:
+        flow_run.set_state(state)
+        hooks = engine.final_hooks(flow, state)
+        if hooks:
+            yield (engine.HOOKS, hooks, flow, flow_run, state)
+    lifecycle(flow_run, logging.INFO, "Finished in state %s", state)
     return state
 
 
@@ -349,6 +352,8 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
         args, kwargs = flow.signature.call_arguments(flow_run.parameters)
         what = f"Flow run {flow_run.name!r}"
         while True:
+            lifecycle(flow_run, logging.INFO, "Beginning %s run %r for flow %r",
+                      "flow" if flow_run.parent is None else "subflow", flow_run.name, flow.name)
             runner = flow.task_runner.duplicate()
             runner.__enter__()
             attempt = flow_run.start_attempt(runner)
@@ -366,6 +371,8 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
                     value = yield from _settle(flow_run, value)
             except KeyboardInterrupt as interrupt:
                 ok, value = False, interrupt
+            if not ok and isinstance(value, Exception):
+                lifecycle(flow_run, logging.ERROR, "Encountered exception during execution: %r", value, exc_info=value)
             state = _body_state(flow_run, ok, value, what, flow.timeout_seconds)
             # As in Prefect, on_cancellation is for a run that was cancelled, not one whose body returned Cancelled.
             returned_cancelled = ok and state.is_cancelled() and flow_run.cancel_reason is None
@@ -386,6 +393,8 @@ def flow_lifecycle(flow: Flow, flow_run: FlowRun) -> Generator[Any, Any, State]:
                         _cancel_unfinished(flow_run, f"{what} was interrupted", interrupt=True)
             runner.shutdown()
             if engine.should_retry(flow, flow_run, state):
+                lifecycle(flow_run, logging.INFO, "Received non-final state 'AwaitingRetry' when proposing final "
+                          "state %r and will attempt to run again...", state.name)
                 flow_run.set_state(S.AwaitingRetry(message=f"Retry {flow_run.run_count} of {flow.retries}"))
                 if flow.retry_delay_seconds:
                     yield (engine.SLEEP, float(flow.retry_delay_seconds), None)

@@ -120,9 +120,23 @@ def log_level(line: str) -> str:
     return head[1].strip() if len(head) == 3 else ""
 
 
+_info_lines = "stderr"  # where INFO and DEBUG lines are echoed: see info_lines_to
+
+
+def info_lines_to(stream: str) -> None:
+    """Where echoed INFO and DEBUG log lines go: ``"stderr"``, as Prefect's console has every
+    log line (the default: a script's stdout stays its data), or ``"stdout"``, as the notebook
+    extension sets it so that they do not look like errors in a cell. Warnings and worse go
+    to stderr either way."""
+    global _info_lines
+    if stream not in ("stdout", "stderr"):
+        raise ValueError(f"info_lines_to({stream!r}): give 'stdout' or 'stderr'")
+    _info_lines = stream
+
+
 def _log_stream(line: str) -> str:
-    """Where a log line is echoed: warnings and worse to stderr, the rest to stdout (not shown as an error)."""
-    return "stderr" if log_level(line) in ("WARNING", "ERROR", "CRITICAL") else "stdout"
+    """Where a log line is echoed: warnings and worse to stderr, the rest as :func:`info_lines_to` says."""
+    return "stderr" if log_level(line) in ("WARNING", "ERROR", "CRITICAL") else _info_lines
 
 
 def echo_to_console(event: events.OutputEvent) -> None:
@@ -379,6 +393,8 @@ class _CaptureHandler(logging.Handler):
     """Puts nbflow run-logger records into the run's captured output."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if _LIFECYCLE in record.__dict__:  # for the logging tree's handlers only (see lifecycle)
+            return
         run = task_run_var.get()
         if run is None:
             if not logging.root.handlers:
@@ -393,6 +409,27 @@ class _CaptureHandler(logging.Handler):
 _capture_handler = _CaptureHandler()
 _capture_handler.setFormatter(RunFormatter())
 logger.addHandler(_capture_handler)
+
+_LIFECYCLE = "nbflow_lifecycle"
+
+
+def lifecycle(run: Any, level: int, message: str, *args: Any, exc_info: Any = None) -> None:
+    """Log one of Prefect's engine records about ``run`` on its logger ("Finished in state Completed()").
+
+    They are for the logging tree's handlers (a script's ``logging.basicConfig``,
+    pytest's caplog, a handler on ``nbflow``): with none they are not made, and
+    nbflow's capture and console echo leave them out, so a notebook cell does
+    not fill with a line per task run (its view shows every run's state).
+    """
+    if isinstance(exc_info, RecursionError):  # a thousand frames, logged again at every level it unwinds
+        exc_info = None
+    target: logging.Logger | None = task_run_logger if hasattr(run, "task") else flow_run_logger
+    while target is not None:  # is there a handler, other than nbflow's capture, to take it?
+        if any(handler is not _capture_handler for handler in target.handlers):
+            get_run_logger(run).log(level, message, *args, exc_info=exc_info, extra={_LIFECYCLE: True})
+            return
+        target = target.parent if target.propagate else None
+
 
 def get_logger(name: str | None = None) -> logging.Logger:
     """The ``nbflow`` logger, or its child ``name`` (a full ``"nbflow.x"`` name is taken as is)."""
@@ -422,6 +459,6 @@ def disable_run_logger() -> Iterator[None]:
 
 
 __all__ = [
-    "get_run_logger", "get_logger", "disable_logger", "disable_run_logger", "install_capture", "record_output", "echo_to_console", "console_echo", "OutputBuffer",
+    "get_run_logger", "get_logger", "disable_logger", "disable_run_logger", "lifecycle", "info_lines_to", "install_capture", "record_output", "echo_to_console", "console_echo", "OutputBuffer",
     "RunFormatter", "log_level", "should_log_prints",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import datetime
 import random
 import threading
 import time
@@ -176,6 +177,29 @@ class RunReading:
     def duration(self) -> float | None:
         return _duration(self.start_time, self.end_time)
 
+    @property
+    def total_run_time(self) -> datetime.timedelta:
+        """Time spent running, over every attempt (Prefect's ``total_run_time``; so is ``estimated_run_time``)."""
+        total, began = 0.0, None
+        for state in self.states:
+            if state.type is StateType.RUNNING:
+                if began is None:
+                    began = state.timestamp_seconds
+            elif began is not None:
+                total, began = total + state.timestamp_seconds - began, None
+        if began is not None:
+            total += time.time() - began
+        return datetime.timedelta(seconds=total)
+
+    estimated_run_time = total_run_time
+
+    @property
+    def created(self) -> datetime.datetime:
+        """When the run was made (its first state), timezone-aware; also Prefect's ``expected_start_time``."""
+        return self.states[0].timestamp
+
+    expected_start_time = created
+
 
 class TaskRunReading(RunReading):
     """What reading a task run offers, live or from the run history (its class also has ``task``)."""
@@ -304,6 +328,15 @@ class TaskRun(RunId, TaskRunReading, Completion):
     def flow_run_id(self) -> uuid.UUID | None:
         """The id of the flow run this run belongs to (None outside a flow)."""
         return self.flow_run.id if self.flow_run is not None else None
+
+    @property
+    def task_version(self) -> str | None:
+        return self.task.version
+
+    @property
+    def flow_run_run_count(self) -> int:
+        """The attempt of its flow run this run belongs to (0 outside a flow), as Prefect's."""
+        return self.flow_run.run_count if self.flow_run is not None else 0
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -661,6 +694,13 @@ class FlowRun(RunId, FlowRunReading):
     @property
     def flow_name(self) -> str:
         return self.flow.name
+
+    @property
+    def flow_version(self) -> str | None:
+        return self.flow.version
+
+    deployment_id = None  # Prefect's server fields: no deployments, no work pools here
+    work_pool_name = None
 
     @property
     def flow_id(self) -> uuid.UUID:

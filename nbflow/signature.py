@@ -89,12 +89,7 @@ class CallSignature:
 
     def bind_error(self, exc: TypeError, args: tuple, kwargs: dict) -> ParameterBindError:
         """Prefect's ``ParameterBindError`` for ``inspect``'s ``exc``: the problem, the signature, what came."""
-        name = self.fn_name
-        return ParameterBindError(
-            f"Error binding parameters for function '{name}': {exc}.\n"
-            f"Function '{name}' has signature '{str(self.signature).strip('()')}' "
-            f"but received args: {args} and kwargs: {list(kwargs)}."
-        )
+        return ParameterBindError.for_signature(self.fn_name, self.signature, exc, args, kwargs)
 
     def apply_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
         """Fill in defaults (and empty ``*args``/``**kwargs``) missing from ``params``, in place."""

@@ -278,6 +278,19 @@ class State(Generic[R]):
     async def _aresult(self, raise_on_failure: bool) -> R:
         return self.result(raise_on_failure, _sync=True)
 
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> "State[R]":
+        """Prefect's (pydantic's) copy: ``update`` changes ``name``, ``message``, ``data`` or ``type``."""
+        import copy as copying
+
+        changed = self.copy(**(update or {}))
+        if deep:
+            changed.data = copying.deepcopy(changed.data)
+        return changed
+
+    def fresh_copy(self) -> "State[R]":
+        """A copy as a new state: a new id and the time now (Prefect's, to enter the same state again)."""
+        return State(self.type, self.name, self.message, self.data)
+
     def copy(self, **changes: Any) -> "State[R]":
         """A copy with some fields changed (``name``, ``message``, ``data``)."""
         fields = dict(type=self.type, name=self.name, message=self.message, data=self.data)
@@ -326,9 +339,13 @@ def _constructor(state_type: StateType, default_name: str | None = None):
         message: str | None = None,
         data: Any = None,
         name: str | None = None,
+        scheduled_time: datetime.datetime | None = None,
         **_: Any,
     ) -> State:
-        return State(state_type, name or name_default, message, data)
+        state = State(state_type, name or name_default, message, data)
+        if state_type is StateType.SCHEDULED:  # when it is due: now unless given, as Prefect's
+            state._of = StateDetails(scheduled_time=scheduled_time or datetime.datetime.now(datetime.timezone.utc))
+        return state
 
     make.__name__ = name_default
     make.__qualname__ = name_default
@@ -353,6 +370,8 @@ Cached = _constructor(StateType.COMPLETED, "Cached")
 NotReady = _constructor(StateType.PENDING, "NotReady")
 Suspended = _constructor(StateType.PAUSED, "Suspended")
 AwaitingConcurrencySlot = _constructor(StateType.SCHEDULED, "AwaitingConcurrencySlot")
+Submitting = _constructor(StateType.PENDING, "Submitting")
+InfrastructurePending = _constructor(StateType.PENDING, "InfrastructurePending")
 
 # The exception type raised for each failure state with no exception of its own, and its default message.
 _WRAPPERS = {
@@ -391,6 +410,47 @@ def get_state_exception(state: State) -> BaseException:
         f"Unexpected result for failed state: {data!r} —— "
         f"{type(data).__name__} cannot be resolved into an exception"
     )
+
+
+def format_exception(exc: BaseException, tb: types.TracebackType | None = None) -> str:
+    """``Type: message`` for ``exc``, or with ``tb`` the whole traceback (nbflow's classes by short name)."""
+    kind = type(exc)
+    if tb is None:
+        return f"{kind.__name__}: {exc}"
+    import traceback
+
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    return text.replace(f"{kind.__module__}.{kind.__name__}", kind.__name__) if kind.__module__.startswith("nbflow.") else text
+
+
+async def exception_to_crashed_state(exc: BaseException, result_store: Any = None) -> State:
+    """A Crashed state for ``exc`` raised around the user's code, in Prefect's words (awaited, as Prefect's)."""
+    from nbflow.exceptions import TerminationSignal
+
+    if isinstance(exc, KeyboardInterrupt):
+        message = "Execution was aborted by an interrupt signal."
+    elif isinstance(exc, TerminationSignal):
+        message = "Execution was aborted by a termination signal."
+    elif isinstance(exc, SystemExit):
+        message = "Execution was aborted by Python system exit call."
+    else:
+        message = f"Execution was interrupted by an unexpected exception: {format_exception(exc)}"
+    return Crashed(message=message, data=exc)
+
+
+async def exception_to_failed_state(exc: BaseException | None = None, result_store: Any = None,
+                                    write_result: bool = False, **kwargs: Any) -> State:
+    """A Failed state for ``exc`` (by default the exception being handled), not to be retried (awaited, as Prefect's)."""
+    if exc is None:
+        exc = sys.exc_info()[1]
+        if exc is None:
+            raise ValueError("Exception was not passed and no active exception could be found.")
+    prefix = kwargs.pop("message", "") or ""
+    if prefix and not prefix.endswith(" "):
+        prefix += " "
+    state = Failed(message=prefix + format_exception(exc), data=exc, **kwargs)
+    state._of = StateDetails(retriable=False)
+    return state
 
 
 def raise_state_exception(state: State) -> None:
@@ -513,7 +573,12 @@ __all__ = [
     "NotReady",
     "Suspended",
     "AwaitingConcurrencySlot",
+    "Submitting",
+    "InfrastructurePending",
     "StateGroup",
+    "format_exception",
+    "exception_to_crashed_state",
+    "exception_to_failed_state",
     "get_state_exception",
     "raise_state_exception",
     "is_state_iterable",

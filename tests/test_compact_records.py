@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import tracemalloc
 
 import nbflow.settings
@@ -72,6 +73,7 @@ def test_a_big_maps_ended_runs_hold_a_bounded_number_of_bytes(monkeypatch):
     With every state object and a dict of parameters per run, this was about 1,100 bytes a run.
     """
     monkeypatch.setattr(nbflow.settings.current, "history", False)
+    monkeypatch.setattr(logging.root, "handlers", [])  # pytest's would keep a "Finished in state" record per run
     n = 2000
     values = list(range(1000, 1000 + n))
     kept = []

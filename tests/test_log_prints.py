@@ -28,8 +28,9 @@ def logged(caplog):
     """``logged()``: ``(logger name, message)`` of the run-logger records so far."""
     caplog.set_level(logging.INFO)
 
-    def records():
-        return [(r.name, r.getMessage()) for r in caplog.records if r.name in RUN_LOGGERS]
+    def records():  # leaving out the engine's own ("Finished in state ...", tested in test_lifecycle_logs.py)
+        return [(r.name, r.getMessage()) for r in caplog.records
+                if r.name in RUN_LOGGERS and not getattr(r, "nbflow_lifecycle", False)]
 
     return records
 

@@ -357,3 +357,36 @@ def test_a_map_announces_its_runs_before_it_creates_them():
     run = last_flow_run()
     run.expect(ident.task_key, 3)  # once the run has ended, nothing is awaited
     assert run.expected_runs() == 0
+
+
+def test_run_records_have_prefects_reading_fields():
+    import datetime
+
+    from nbflow import flow, task
+
+    seen = {}
+
+    @task(retries=1, version="2")
+    def flaky():
+        if not seen:
+            seen["first"] = True
+            raise ValueError("again")
+        return 1
+
+    def on_done(fl, run, state):
+        seen["flow"] = (run.flow_version, run.deployment_id, run.work_pool_name, run.total_run_time, run.created)
+
+    @flow(version="7", on_completion=[on_done])
+    def f():
+        return flaky.submit()
+
+    before = datetime.datetime.now(datetime.timezone.utc)
+    state = f(return_state=True)
+    task_run = last_flow_run().task_runs[0]
+    assert state.is_completed() and task_run.run_count == 2
+    assert (task_run.task_version, task_run.flow_run_run_count) == ("2", 1)
+    assert isinstance(task_run.total_run_time, datetime.timedelta) and task_run.estimated_run_time == task_run.total_run_time
+    assert task_run.total_run_time.total_seconds() <= task_run.duration
+    assert before <= task_run.created == task_run.expected_start_time
+    version, deployment, pool, run_time, created = seen["flow"]
+    assert (version, deployment, pool) == ("7", None, None) and run_time.total_seconds() > 0 and created >= before

@@ -706,3 +706,92 @@ def test_a_state_type_given_as_its_value_string_is_taken_as_the_type():
     assert state.type is StateType.FAILED and state.name == "Failed"
     with pytest.raises(ValueError):
         State(type="NOT_A_TYPE")
+
+
+def test_submitting_and_infrastructure_pending_are_pending_states():
+    from nbflow.states import InfrastructurePending, Submitting
+
+    for make, name in ((Submitting, "Submitting"), (InfrastructurePending, "InfrastructurePending")):
+        state = make(message="hi")
+        assert (state.name, state.type, state.is_pending()) == (name, StateType.PENDING, True)
+        assert repr(state) == f"{name}(message='hi', type=PENDING, result=None)"
+        assert str(state) == f"{name}('hi', type=PENDING)"
+
+
+def test_scheduled_states_say_when_they_are_due():
+    import datetime
+
+    from nbflow.states import AwaitingRetry, Late, Pending, Scheduled
+
+    before = datetime.datetime.now(datetime.timezone.utc)
+    for make in (Scheduled, AwaitingRetry, Late):
+        assert before <= make().state_details.scheduled_time <= datetime.datetime.now(datetime.timezone.utc)
+    due = before + datetime.timedelta(hours=1)
+    assert Scheduled(scheduled_time=due).state_details.scheduled_time == due
+    assert Pending().state_details.scheduled_time is None
+
+
+def test_model_copy_and_fresh_copy_as_prefects():
+    from nbflow.states import Completed
+
+    state = Completed(data=1, message="m")
+    copied = state.model_copy()
+    assert (copied.name, copied.message, copied.data, copied is state) == ("Completed", "m", 1, False)
+    assert state.model_copy(update={"message": "new"}).message == "new"
+    fresh = state.fresh_copy()
+    assert (fresh.name, fresh.message, fresh.data, fresh.type) == ("Completed", "m", 1, StateType.COMPLETED)
+    assert fresh.id != state.id
+
+
+def test_exception_to_states_and_format_exception_in_prefects_words():
+    import asyncio
+
+    from nbflow import states as S
+    from nbflow.exceptions import FailedRun, TerminationSignal
+
+    async def made():
+        failed = await S.exception_to_failed_state(ValueError("bad"))
+        prefixed = await S.exception_to_failed_state(ValueError("bad"), message="Prefix")
+        crashed = [await S.exception_to_crashed_state(e)
+                   for e in (KeyboardInterrupt(), SystemExit(), ValueError("vv"), TerminationSignal(15))]
+        return failed, prefixed, crashed
+
+    failed, prefixed, crashed = asyncio.run(made())
+    assert (failed.name, failed.message, failed.state_details.retriable) == ("Failed", "ValueError: bad", False)
+    assert prefixed.message == "Prefix ValueError: bad"
+    assert [c.message for c in crashed] == [
+        "Execution was aborted by an interrupt signal.",
+        "Execution was aborted by Python system exit call.",
+        "Execution was interrupted by an unexpected exception: ValueError: vv",
+        "Execution was aborted by a termination signal.",
+    ]
+    assert S.format_exception(FailedRun("x")) == "FailedRun: x"
+
+
+def test_exceptions_prefect_code_catches_or_builds():
+    from nbflow import exceptions as E
+
+    assert E.ParameterBindError.__mro__[1:3] == (TypeError, E.PrefectException)
+    assert str(E.ObjectNotFound(http_exc=None, help_message="hm")) == "hm"
+    for name in ("UnspecifiedFlowError", "ScriptError", "ObjectAlreadyExists", "MissingProfileError",
+                 "NotPausedError", "FlowPauseTimeout", "FlowRunWaitTimeout", "InfrastructureError"):
+        assert issubclass(getattr(E, name), E.PrefectException)
+    assert str(E.ScriptError(ValueError("v"), "a.py")) == "Script at 'a.py' encountered an exception: ValueError('v')"
+
+    def fn(a, b=1):
+        return a
+
+    error = E.ParameterBindError.from_bind_failure(fn, TypeError("missing a required argument: 'a'"), (), {})
+    assert str(error) == ("Error binding parameters for function 'fn': missing a required argument: 'a'.\n"
+                          "Function 'fn' has signature 'a, b=1' but received args: () and kwargs: [].")
+    import pydantic
+
+    try:
+        pydantic.TypeAdapter(int).validate_python("x")
+    except pydantic.ValidationError as exc:
+        assert str(E.ParameterTypeError.from_validation_error(exc)).startswith(
+            "Flow run received invalid parameters:\n - : Input should be a valid integer")
+    try:
+        raise ValueError("tb")
+    except ValueError as exc:
+        assert E.exception_traceback(exc).endswith("ValueError: tb\n")

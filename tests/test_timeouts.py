@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from nbflow import timeouts
+from nbflow import flow, task, timeouts
 from nbflow.exceptions import KernelInterrupt
 from nbflow.timeouts import (
     DeadlineExceeded,
@@ -268,3 +268,25 @@ def test_a_deadline_in_the_main_thread_sets_an_earlier_alarm_aside_and_then_back
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_timeout_error_raised_by_the_code_times_the_run_out_as_in_prefect():
+    attempts = []
+
+    @task(retries=1)
+    def plain():
+        attempts.append(1)
+        raise TimeoutError("plain timeout")
+
+    @flow
+    def calls_it():
+        plain()
+
+    state = plain(return_state=True)
+    assert (state.name, state.type.value, state.message) == (
+        "TimedOut", "FAILED", "Task run failed due to timeout: TimeoutError('plain timeout')")
+    assert len(attempts) == 2  # a TimedOut run is retried like any failure
+    state = calls_it(return_state=True)
+    assert (state.name, state.message) == ("TimedOut", "Flow run failed due to timeout: TimeoutError('plain timeout')")
+    with pytest.raises(TimeoutError, match="plain timeout"):
+        state.result()

@@ -73,6 +73,7 @@ class OutputRouter:
         if self._subscription is None:
             self._subscription = events.subscribe(self, ("output", "log"))
             nb_logging.console_echo(False)
+            nb_logging.info_lines_to("stdout")  # an INFO line in a cell is not an error
 
     def uninstall(self) -> None:
         """Give the echo back to the core."""
@@ -80,6 +81,7 @@ class OutputRouter:
             self._subscription.unsubscribe()
             self._subscription = None
             nb_logging.console_echo(True)
+            nb_logging.info_lines_to("stderr")
 
     def __call__(self, event: events.OutputEvent) -> None:
         run = event.run

@@ -61,11 +61,21 @@ def test_details_show_warnings_and_errors_distinctly_and_info_as_plain_text():
     assert levels["WARNING"] and levels["ERROR"] and levels["WARNING"] != levels["ERROR"]
 
 
-def test_info_lines_echo_to_stdout_warnings_and_errors_to_stderr(monkeypatch, capsys):
+def test_info_lines_echo_to_stdout_in_a_notebook_warnings_and_errors_to_stderr(monkeypatch, capsys):
     monkeypatch.setattr(logging.root, "handlers", [])  # no root handler: nbflow echoes records itself
     run = object()
-    for level in ("INFO   ", "WARNING", "ERROR  "):
-        nb_logging.echo_to_console(events.OutputEvent("log", run, "log", f"12:00:00.000 | {level} | Task run 'x' - hi\n"))
-    out, err = capsys.readouterr()
+
+    def echo_all():
+        for level in ("INFO   ", "WARNING", "ERROR  "):
+            nb_logging.echo_to_console(events.OutputEvent("log", run, "log", f"12:00:00.000 | {level} | Task run 'x' - hi\n"))
+        return capsys.readouterr()
+
+    out, err = echo_all()  # a script: every line on stderr, as Prefect's console
+    assert out == "" and err.count("| INFO") == 1 and "| WARNING" in err and "| ERROR" in err
+    nb_logging.info_lines_to("stdout")  # what the notebook extension's output router sets
+    try:
+        out, err = echo_all()
+    finally:
+        nb_logging.info_lines_to("stderr")
     assert out.count("| INFO") == 1 and "WARNING" not in out
     assert "| WARNING" in err and "| ERROR" in err and "INFO" not in err
