@@ -268,3 +268,27 @@ def test_map_takes_deferred_false_and_refuses_deferred_true():
 
     with pytest.raises(ValueError, match="deferred=True"):
         g()
+
+
+def test_hooks_can_be_annotated_with_prefects_client_schema_names():
+    from nbflow.client.schemas import objects
+    from nbflow.client.schemas.objects import FlowRun, State, StateType, TaskRun
+
+    seen = []
+
+    def on_done(tk, run: TaskRun, state: State) -> None:
+        seen.append((isinstance(run, TaskRun), isinstance(state, State), state.type is StateType.COMPLETED))
+
+    def on_flow(fl, run: FlowRun, state: State) -> None:
+        seen.append(isinstance(run, FlowRun))
+
+    @task(on_completion=[on_done])
+    def t():
+        return 1
+
+    @flow(on_completion=[on_flow])
+    def f():
+        return t()
+
+    assert f() == 1 and seen == [(True, True, True), True]
+    assert isinstance(f, objects.Flow)
