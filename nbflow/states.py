@@ -272,8 +272,8 @@ class State(Generic[R]):
             detail = f" {self.message}" if self.message else ""
             raise UnfinishedRun(f"Run is in {t.value} state, its result is not available.{detail}")
         if raise_on_failure:
-            raise get_state_exception(self)
-        return get_state_exception(self) if self.data is None else self.data
+            raise _state_exception(self)
+        return _state_exception(self) if self.data is None else self.data
 
     async def _aresult(self, raise_on_failure: bool) -> R:
         return self.result(raise_on_failure, _sync=True)
@@ -381,14 +381,8 @@ _WRAPPERS = {
 }
 
 
-def get_state_exception(state: State) -> BaseException:
-    """The exception a failed, crashed or cancelled state stands for (what ``result()`` raises).
-
-    Its data if that is an exception; for a string, a :class:`FailedRun`
-    (``CrashedRun``, ``CancelledRun``) with that message; for a state, that
-    state's exception; for a list, set or tuple of states, the exception of
-    the first that failed; for no data, a wrapper holding the state's message.
-    """
+def _state_exception(state: State) -> BaseException:
+    """What :func:`get_state_exception` gives, in any code."""
     wrapper, default = _WRAPPERS.get(state.type, (None, None))
     if wrapper is None:
         raise ValueError(f"Expected failed or crashed state got {state!r}.")
@@ -400,11 +394,11 @@ def get_state_exception(state: State) -> BaseException:
     if isinstance(data, str):
         return wrapper(data)
     if isinstance(data, State):
-        return get_state_exception(data)
+        return _state_exception(data)
     if is_state_iterable(data):
         for inner in data:
             if inner.type in _WRAPPERS:
-                return get_state_exception(inner)
+                return _state_exception(inner)
         raise ValueError("Failed state result was an iterable of states but none were failed.")
     raise TypeError(
         f"Unexpected result for failed state: {data!r} —— "
@@ -453,10 +447,40 @@ async def exception_to_failed_state(exc: BaseException | None = None, result_sto
     return state
 
 
-def raise_state_exception(state: State) -> None:
-    """Raise the exception of a failed, crashed or cancelled state; do nothing for any other."""
+def get_state_exception(state: State, _sync: bool | None = None) -> BaseException:
+    """The exception a failed, crashed or cancelled state stands for (what ``result()`` raises).
+
+    Its data if that is an exception; for a string, a :class:`FailedRun`
+    (``CrashedRun``, ``CancelledRun``) with that message; for a state, that
+    state's exception; for a list, set or tuple of states, the exception of
+    the first that failed; for no data, a wrapper holding the state's message.
+    In async code it is awaited, as Prefect's (see :meth:`State.result`).
+    """
+    if not (_sync if _sync is not None else not _in_async_code()):
+        return aget_state_exception(state)  # type: ignore[return-value]
+    return _state_exception(state)
+
+
+async def aget_state_exception(state: State) -> BaseException:
+    """:func:`get_state_exception` to await."""
+    return _state_exception(state)
+
+
+def raise_state_exception(state: State, _sync: bool | None = None) -> None:
+    """Raise the exception of a failed, crashed or cancelled state; do nothing for any other.
+
+    Awaited in async code, as Prefect's (see :meth:`State.result`).
+    """
+    if not (_sync if _sync is not None else not _in_async_code()):
+        return araise_state_exception(state)  # type: ignore[return-value]
     if state.type in _WRAPPERS:
-        raise get_state_exception(state)
+        raise _state_exception(state)
+
+
+async def araise_state_exception(state: State) -> None:
+    """:func:`raise_state_exception` to await."""
+    if state.type in _WRAPPERS:
+        raise _state_exception(state)
 
 
 def is_state_iterable(value: Any) -> bool:
@@ -580,7 +604,9 @@ __all__ = [
     "exception_to_crashed_state",
     "exception_to_failed_state",
     "get_state_exception",
+    "aget_state_exception",
     "raise_state_exception",
+    "araise_state_exception",
     "is_state_iterable",
     "return_value_to_state",
 ]

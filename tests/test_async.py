@@ -372,3 +372,25 @@ def test_state_result_is_awaited_in_async_code_as_in_prefect():
     assert arun(main()) == (11, 2)
     assert kinds == [True, True, 5, 5, True, 6]
     assert sf(return_state=True).result() == 2
+
+
+def test_state_exception_helpers_are_awaited_in_async_code_as_in_prefect():
+    from nbflow import states as S
+
+    failed = S.Failed(message="g")
+
+    async def main():
+        pending = S.get_state_exception(failed)
+        assert inspect.iscoroutine(pending)
+        error = await pending
+        raising = S.raise_state_exception(failed)
+        assert inspect.iscoroutine(raising)
+        with pytest.raises(type(error), match="g"):
+            await raising
+        assert await S.aget_state_exception(failed) is not None
+        return str(error)
+
+    assert arun(main()) == "g"
+    assert str(S.get_state_exception(failed)) == "g"  # sync code: the exception itself
+    with pytest.raises(Exception, match="g"):
+        S.raise_state_exception(failed)

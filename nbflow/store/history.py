@@ -864,7 +864,7 @@ class HistoryWriter:
                 result = _result_summary(last)
             elif final:
                 try:
-                    exc = get_state_exception(last)
+                    exc = get_state_exception(last, _sync=True)
                 except Exception:  # noqa: BLE001 - a state whose data is no exception
                     exc = None
                 if exc is not None:
