@@ -215,21 +215,25 @@ def as_completed(
 
 
 def resolve_futures_to_states(value: Any) -> Any:
-    """Replace futures in a (possibly nested) value by their final states, waiting for them."""
+    """Replace futures in a (possibly nested) value by their final states, waiting for them.
+
+    As Prefect's, futures inside ``quote(...)`` are left as they are, not waited for.
+    """
     from nbflow.resolve import visit
 
     def to_state(f: PrefectFuture) -> State:
         f.wait()
         return f.state
 
-    return visit(value, on_future=to_state)
+    return visit(value, on_future=to_state, quoted=False)
 
 
 def resolve_futures_to_results(value: Any) -> Any:
     """Replace futures in a (possibly nested) value by their results, waiting for them.
 
     As Prefect's, a future whose run did not complete raises ``Exception("At least one
-    result did not complete successfully")``.
+    result did not complete successfully")``, and futures inside ``quote(...)`` are
+    left as they are, not waited for.
     """
     from nbflow.resolve import visit
 
@@ -239,7 +243,7 @@ def resolve_futures_to_results(value: Any) -> Any:
             raise Exception("At least one result did not complete successfully")
         return f.result()
 
-    return visit(value, on_future=to_result)
+    return visit(value, on_future=to_result, quoted=False)
 
 
 __all__ = [

@@ -20,11 +20,13 @@ _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex, range})
 _SEQUENCES = (list, tuple, set)  # not frozenset: Prefect leaves what it holds as it is
 
 
-def visit(value: Any, on_future: Callable[[Any], Any], on_state: Callable[[Any], Any] | None = None) -> Any:
+def visit(value: Any, on_future: Callable[[Any], Any], on_state: Callable[[Any], Any] | None = None,
+          quoted: bool = True) -> Any:
     """Return ``value`` with every future replaced by ``on_future(future)``.
 
     States are replaced by ``on_state(state)`` when given; annotations are
-    looked through. Unchanged containers are returned as they are.
+    looked through (``quote(...)`` only if ``quoted``). Unchanged containers
+    are returned as they are.
     """
 
     def leaf(v: Any) -> Any:
@@ -33,6 +35,8 @@ def visit(value: Any, on_future: Callable[[Any], Any], on_state: Callable[[Any],
         if on_state is not None and isinstance(v, State):
             return on_state(v)
         if isinstance(v, BaseAnnotation):
+            if not quoted and isinstance(v, quote):
+                return v
             inner = v.value
             new = _walk(inner, leaf)
             return v if new is inner else v.rewrap(new)

@@ -491,3 +491,28 @@ def test_future_list_type():
         return type(futures)
 
     assert f() is PrefectFutureList
+
+
+def test_resolve_helpers_leave_quoted_futures_alone_as_prefects():
+    from nbflow import quote
+    from nbflow.futures import resolve_futures_to_results, resolve_futures_to_states
+
+    @task
+    def one():
+        return 1
+
+    @task
+    def bad():
+        raise ValueError("b")
+
+    @flow
+    def f():
+        a = one.submit()
+        results = resolve_futures_to_results([quote([a]), a])
+        states = resolve_futures_to_states({"q": quote(a), "x": a})
+        failed = bad.submit()
+        untouched = resolve_futures_to_results([quote(failed)])  # not waited for: no error
+        failed.wait()
+        return results[0].unquote()[0] is a, results[1], states["q"].unquote() is a, states["x"].name, untouched[0].unquote() is failed
+
+    assert f() == (True, 1, True, "Completed", True)
