@@ -219,12 +219,7 @@ def should_log_prints(run: Any) -> bool:
         if task.log_prints is not None:
             return bool(task.log_prints)
         run = run.flow_run
-    while run is not None:
-        value = run.flow.log_prints
-        if value is not None:
-            return bool(value)
-        run = run.parent
-    return False
+    return bool(run is not None and run.inherited("log_prints"))
 
 
 def _to_console(file: Any) -> bool:

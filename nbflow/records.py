@@ -707,17 +707,21 @@ class FlowRun(RunId, FlowRunReading):
         """The flow's id: one per flow name, as Prefect's server gives each flow one."""
         return uuid.uuid5(uuid.NAMESPACE_URL, f"nbflow:flow/{self.flow.name}")
 
-    @property
-    def persist_result(self) -> bool | None:
-        """Whether its tasks persist results by default: its flow's ``persist_result``, else its
-        parent's (as Prefect's flow run context passes it down); None if no flow says."""
-        run: FlowRun | None = self
+    def inherited(self, option: str) -> bool | None:
+        """A flow option its tasks inherit (``log_prints``, ``persist_result``): its flow's, else
+        its nearest parent's that sets one, as Prefect passes them down; None if no flow does."""
+        run: Any = self
         while run is not None:
-            value = run.flow.persist_result
+            value = getattr(run.flow, option)
             if value is not None:
                 return bool(value)
             run = run.parent
         return None
+
+    @property
+    def persist_result(self) -> bool | None:
+        """Whether its tasks persist results by default (see :meth:`inherited`)."""
+        return self.inherited("persist_result")
 
     @property
     def start_time(self) -> float | None:

@@ -67,6 +67,7 @@ class FlowRunStandIn:
     task_runner = None
     reuse = None  # a retry serves runs on the driver, before they are dispatched
     count_task_run = FlowRun.count_task_run  # dynamic keys of the runs of tasks called inline
+    inherited = FlowRun.inherited  # its own settings already are what is inherited; parents are stand-ins too
 
     def __init__(self, id_: int, name: str, flow_name: str, version: str | None, log_prints: bool,
                  parameters: dict[str, Any], run_count: int, tags: frozenset[str],
