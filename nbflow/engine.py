@@ -370,7 +370,7 @@ def outcome_state(ok: bool, value: Any, what: str, timeout: float | None, timeou
         return S.TimedOut(message=f"{kind} failed due to timeout: {value!r}", data=value)
     if isinstance(value, Exception):  # Prefect's words exactly: users compare them (the run's record names it)
         words = _FAILED_WORDS[timeout_error is FlowRunTimeoutError]
-        return S.Failed(message=f"{words}{type(value).__name__}: {value}", data=value)
+        return S.not_retriable(S.Failed(message=f"{words}{type(value).__name__}: {value}", data=value))
     return S.Crashed(message=f"{what} crashed with {type(value).__name__}: {value}", data=value)
 
 

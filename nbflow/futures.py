@@ -107,8 +107,11 @@ class PrefectConcurrentFuture(PrefectFuture[R]):
     __slots__ = ()
 
 
-class PrefectFutureList(list, Generic[R]):
-    """A list of futures (what ``Task.map`` returns) with bulk ``wait`` and ``result``."""
+class PrefectFutureList(list, Iterator[PrefectFuture[R]]):
+    """A list of futures (what ``Task.map`` returns) with bulk ``wait`` and ``result``.
+
+    An ``Iterator`` by its bases, as Prefect's (``isinstance`` checks agree); iterate it as a list.
+    """
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for every future, at most ``timeout`` seconds in all. Never raises on timeout."""

@@ -201,7 +201,10 @@ class State(Generic[R]):
         A task run passes its flow run's id (None outside a flow); a flow run passes ``task=False``.
         """
         self._run_id = run_id
+        retriable = self._of.retriable if type(self._of) is StateDetails else None  # see not_retriable
         self._of = (flow_run_id if flow_run_id is not None else _NO_FLOW) if task else _FLOW_RUN
+        if retriable is not None:
+            self.state_details.retriable = retriable
 
     def with_data(self, data: Any) -> "State[Any]":
         """A copy holding ``data``, entered at the same time (and by the same run)."""
@@ -442,7 +445,11 @@ async def exception_to_failed_state(exc: BaseException | None = None, result_sto
     prefix = kwargs.pop("message", "") or ""
     if prefix and not prefix.endswith(" "):
         prefix += " "
-    state = Failed(message=prefix + format_exception(exc), data=exc, **kwargs)
+    return not_retriable(Failed(message=prefix + format_exception(exc), data=exc, **kwargs))
+
+
+def not_retriable(state: State) -> State:
+    """``state``, marked as Prefect marks the Failed state of an exception: ``state_details.retriable`` False."""
     state._of = StateDetails(retriable=False)
     return state
 
@@ -603,6 +610,7 @@ __all__ = [
     "format_exception",
     "exception_to_crashed_state",
     "exception_to_failed_state",
+    "not_retriable",
     "get_state_exception",
     "aget_state_exception",
     "raise_state_exception",

@@ -171,6 +171,7 @@ def _trace_runner() -> Any:
         def __init__(self, tracer: Tracer) -> None:
             super().__init__()
             self.tracer = tracer
+            self._started = True  # a trace starts nothing: its map is usable as soon as it exists
 
         def duplicate(self) -> TraceRunner:
             return TraceRunner(self.tracer)

@@ -14,7 +14,7 @@ import logging
 import pytest
 
 import nbflow
-from nbflow import flow, get_run_logger, history, tags, task
+from nbflow import flow, get_run_logger, history, tags, task, task_runners
 from nbflow.context import EngineContext, FlowRunContext, TagsContext, TaskRunContext, get_run_context
 from nbflow.exceptions import MissingContextError
 from nbflow.logging import disable_run_logger, get_logger
@@ -241,7 +241,6 @@ def test_a_flow_run_context_has_its_flows_id_and_its_logger_a_deployment_name(ca
 
 
 def test_task_runners_compare_by_kind_and_workers_and_list_the_lazy_ones():
-    from nbflow import task_runners
 
     runner = task_runners.ThreadPoolTaskRunner(max_workers=2)
     assert runner == task_runners.ThreadPoolTaskRunner(max_workers=2) == runner.duplicate()
@@ -292,3 +291,64 @@ def test_hooks_can_be_annotated_with_prefects_client_schema_names():
 
     assert f() == 1 and seen == [(True, True, True), True]
     assert isinstance(f, objects.Flow)
+
+
+def test_a_failure_from_an_exception_is_not_retriable_a_completion_leaves_it_unset():
+    # Prefect 3.9.1 (exception_to_failed_state): state_details.retriable is False on the Failed state
+    # of a task's or flow's exception, with or without retries; other states leave it None.
+    @task(retries=1)
+    def boom():
+        raise ValueError("x")
+
+    @task
+    def fine():
+        return 1
+
+    @flow
+    def body():
+        return boom(return_state=True), fine(return_state=True)
+
+    failed, completed = body()
+    assert failed.state_details.retriable is False
+    assert failed.state_details.task_run_id is not None  # the run's ids are still filled in
+    assert completed.state_details.retriable is None
+
+    @flow
+    def fails():
+        raise ValueError("y")
+
+    assert fails(return_state=True).state_details.retriable is False
+
+
+def test_a_runner_submits_only_once_entered_and_is_entered_once():
+    # Prefect 3.9.1: "Task runner is not started" before __enter__, "This task runner is already started" twice.
+    @task
+    def one():
+        return 1
+
+    runner = task_runners.ThreadPoolTaskRunner()
+    with pytest.raises(RuntimeError, match="^Task runner is not started.*with runner:"):
+        runner.submit(one, {})
+    with pytest.raises(RuntimeError, match="^Task runner is not started"):
+        runner.map(one, {})
+    with runner:
+        assert runner.submit(one, {}).result() == 1
+        with pytest.raises(RuntimeError, match="^This task runner is already started"):
+            runner.__enter__()
+    with pytest.raises(RuntimeError, match="not started"):  # exited: stopped again
+        runner.submit(one, {})
+
+
+def test_a_future_list_is_an_iterator_by_its_bases_as_prefects():
+    import collections.abc
+
+    @task
+    def double(x):
+        return 2 * x
+
+    @flow
+    def body():
+        futures = double.map([1, 2])
+        return isinstance(futures, collections.abc.Iterator), isinstance(futures, list), futures.result()
+
+    assert body() == (True, True, [2, 4])

@@ -47,6 +47,7 @@ class TaskRunner(abc.ABC):
 
     def __init__(self) -> None:
         self._runs: list[TaskRun] = []
+        self._started = False  # entered (``with runner:``, or by the flow run that owns it)
 
     @property
     def name(self) -> str:
@@ -58,6 +59,9 @@ class TaskRunner(abc.ABC):
 
     # -- lifecycle --------------------------------------------------------------
     def __enter__(self) -> TaskRunner:
+        if self._started:
+            raise RuntimeError(f"This task runner is already started: {type(self).__name__} is entered once (use .duplicate() for another)")
+        self._started = True
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -67,6 +71,7 @@ class TaskRunner(abc.ABC):
             for run in self._runs:
                 run.wait()
         finally:
+            self._started = False
             self.shutdown()
 
     def shutdown(self) -> None:
@@ -207,6 +212,11 @@ def _collapse_var_keyword(call: dict[str, Any], signature: Any) -> dict[str, Any
 
 
 def _check_task(runner: TaskRunner, task: Any, method: str) -> None:
+    if not runner._started:  # Prefect's words, then the fix
+        raise RuntimeError(
+            f"Task runner is not started: enter {type(runner).__name__} first "
+            f"(`with runner:`) before calling .{method}(), or let a flow run use it (@flow(task_runner=...))."
+        )
     if not isinstance(task, Task):
         raise TypeError(
             f"{type(runner).__name__}.{method}() takes a task, got {task!r}. Decorate the "
