@@ -241,7 +241,6 @@ def test_a_flow_run_context_has_its_flows_id_and_its_logger_a_deployment_name(ca
 
 
 def test_task_runners_compare_by_kind_and_workers_and_list_the_lazy_ones():
-
     runner = task_runners.ThreadPoolTaskRunner(max_workers=2)
     assert runner == task_runners.ThreadPoolTaskRunner(max_workers=2) == runner.duplicate()
     assert runner != task_runners.ThreadPoolTaskRunner(max_workers=3)
