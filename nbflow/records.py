@@ -485,7 +485,7 @@ class TaskRun(RunId, TaskRunReading, Completion):
             if self._done or len(self.states) != index:
                 return False
             self._started = True
-            self._name = name
+            self._take_name(name)
             self.run_count = run_count
             self.states.append(state)  # type: ignore[attr-defined]
         if events.task_state:
@@ -499,11 +499,16 @@ class TaskRun(RunId, TaskRunReading, Completion):
         with self._lock:
             if self._done:
                 return False
-            self._name = name
+            self._take_name(name)
             self.run_count = run_count
             self.cache = cache
             self.result_key = result_key
         return self.finish(state)
+
+    def _take_name(self, name: str) -> None:
+        # Kept only when it is not the generated one: a big map's runs need not hold a string each.
+        if self._name is not None or name != self.name:
+            self._name = name
 
     def resume(self, states: tuple[State, ...], run_count: int) -> None:
         """Take up, in a worker's shell that has not started, a run whose earlier attempts ran elsewhere.

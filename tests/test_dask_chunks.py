@@ -112,3 +112,43 @@ def test_a_retried_run_in_a_chunk_shows_both_attempts(runner):
     assert runs[7].run_count == 2
     assert [s.name for s in runs[7].states] == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
     assert runs[8].run_count == 1
+
+
+def test_a_big_map_goes_out_in_parts_and_its_values_come_back_in_parts(runner, monkeypatch):
+    # Issue 12: the driver never holds a whole million-item map's payloads, nor all its chunks'
+    # outcomes at once; each part is still chunked, each run still its own.
+    from nbflow.runners import cluster
+
+    monkeypatch.setattr(cluster, "SEND_EVERY", 100)
+    monkeypatch.setattr(dask_runner, "GATHER_CHUNKS", 3)
+    sent, gathered = [], []
+    submit, gather = type(runner)._submit, type(runner)._gather
+    monkeypatch.setattr(type(runner), "_submit", lambda self, batch: sent.append(len(batch)) or submit(self, batch))
+
+    def counting_gather(self, handles):
+        calls = self._client.gather
+        self._client.gather = lambda futures: gathered.append(len(futures)) or calls(futures)
+        try:
+            return gather(self, handles)
+        finally:
+            del self._client.gather
+
+    monkeypatch.setattr(type(runner), "_gather", counting_gather)
+
+    @flow(task_runner=runner)
+    def chunked():
+        futures = same.map(range(N))
+        futures.wait()
+        remotes_left = len(runner_of_flow()._remotes)
+        return [f.result() for f in futures], remotes_left
+
+    def runner_of_flow():
+        from nbflow.context import current_flow_run
+
+        return current_flow_run().task_runner
+
+    values, remotes_left = chunked()
+    assert values == list(range(N))
+    assert sent == [100] * (N // 100)  # four parts of 100 runs, each cut into chunks
+    assert len(gathered) > 1 and max(gathered) <= 3  # the outcomes come back at most 3 chunks a gather
+    assert remotes_left == 0  # the driver lets go of its hold on each run as it ends

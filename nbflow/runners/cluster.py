@@ -43,6 +43,11 @@ def require(module: str, extra: str, runner: str) -> Any:
 
 
 
+#: Runs of one ``.map`` handed to the engine together, at most: the engine starts on the first ones while
+#: the driver builds the rest, and the driver never holds the payloads of a whole million-item map at once.
+SEND_EVERY = 10_000
+
+
 class Outgoing(NamedTuple):
     """A run on its way to the engine."""
 
@@ -204,6 +209,9 @@ class ClusterTaskRunner(TaskRunner):
             self._send([outgoing])
         else:
             batch.append(outgoing)
+            if len(batch) >= SEND_EVERY:  # a big map goes out in parts: the engine starts on the first
+                self._send(batch[:])
+                batch.clear()
 
     def _send(self, batch: list[Outgoing]) -> None:
         remotes = []
@@ -212,6 +220,7 @@ class ClusterTaskRunner(TaskRunner):
             remote = self._remotes.get(run)
             if remote is None:
                 remote = self._remotes[run] = Remote(run, self, run)
+                run.add_done_callback(self._forget_remote)  # an ended run is not handed out again
             remotes.append(remote)
             track(run, remote)
         try:
@@ -227,6 +236,9 @@ class ClusterTaskRunner(TaskRunner):
             # A run cancelled before it started ends here (TaskRun.cancel); one that started, through
             # its remote hold (TaskRun.interrupt). Either way its work stops (Remote).
             remote.attach()
+
+    def _forget_remote(self, run: TaskRun) -> None:
+        self._remotes.pop(run, None)
 
     def stop_remote(self, run: TaskRun) -> None:
         """Stop ``run``'s work on the engine (its :class:`Remote` hold asks, as it ends here)."""

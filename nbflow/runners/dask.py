@@ -56,6 +56,8 @@ CHUNKS_PER_THREAD = 4
 
 #: Chunks after which the scheduler forgets the runner's delivered live messages.
 FORGET_EVERY = 64
+#: Chunks whose outcomes are brought to the driver in one gather, at most, when values are read.
+GATHER_CHUNKS = 16
 
 
 
@@ -74,6 +76,19 @@ class _Slot(NamedTuple):
 
     chunk: _Chunk
     index: int
+
+
+def _chunk_payloads(group: list[cluster.Outgoing]) -> bytes:
+    # One bytes object per chunk: the scheduler keeps a task's arguments while its future lives, and
+    # for a LocalCluster that is the driver's memory (a million runs' payload tuples: ~440 bytes each).
+    return pickle.dumps([o.payload for o in group], protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _chunk_upstreams(group: list[cluster.Outgoing]) -> list[list[Any]] | None:
+    # None when no run of the chunk waits on an engine future (a plain .map): no empty list per run.
+    if not any(o.handles for o in group):
+        return None
+    return [[_as_dependency(h) for h in o.handles] for o in group]
 
 
 def _as_dependency(handle: Any) -> Any:
@@ -188,9 +203,8 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
         groups = [batch[i:i + size] for i in range(0, len(batch), size)]
         futures = client.map(  # one message to the scheduler for a whole .map
             _run_chunk_on_worker if size > 1 else _run_on_worker,
-            [[o.payload for o in g] if size > 1 else g[0].payload for g in groups],
-            [[[_as_dependency(h) for h in o.handles] for o in g] if size > 1
-             else [_as_dependency(h) for h in g[0].handles] for g in groups],
+            [_chunk_payloads(g) if size > 1 else g[0].payload for g in groups],
+            [_chunk_upstreams(g) if size > 1 else [_as_dependency(h) for h in g[0].handles] for g in groups],
             key=[f"{g[0].run.task.name}-{new_id():032x}" for g in groups], pure=False,
         )
         if size == 1:
@@ -262,11 +276,25 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
             logger.debug("the events of %s stay on the scheduler", self._channel.key, exc_info=True)
 
     def _gather(self, handles: list[Any]) -> list[bytes]:
-        # A chunk's outcomes come once, however many of its runs are read.
-        futures = list(dict.fromkeys(h.chunk.future if type(h) is _Slot else h for h in handles))
-        outcomes = {f: pickle.loads(o) if type(o) is bytes else o
-                    for f, o in zip(futures, self._client.gather(futures))}
-        return [outcomes[h.chunk.future][h.index][1] if type(h) is _Slot else outcomes[h][1] for h in handles]
+        # A chunk's outcomes come once, however many of its runs are read; GATHER_CHUNKS chunks at a
+        # time, their records dropped as their values are picked: the driver never holds the outcomes
+        # of a whole million-item map at once.
+        by_future: dict[Any, list[int]] = {}
+        for k, h in enumerate(handles):
+            by_future.setdefault(h.chunk.future if type(h) is _Slot else h, []).append(k)
+        blobs: list[Any] = [None] * len(handles)
+        futures = list(by_future)
+        for start in range(0, len(futures), GATHER_CHUNKS):
+            part = futures[start:start + GATHER_CHUNKS]
+            for future, outcome in zip(part, self._client.gather(part)):
+                if type(outcome) is bytes:  # a chunk's outcomes, pickled together
+                    outcomes = pickle.loads(outcome)
+                    for k in by_future[future]:
+                        blobs[k] = outcomes[handles[k].index][1]
+                else:
+                    for k in by_future[future]:
+                        blobs[k] = outcome[1]
+        return blobs
 
     def _stop_work(self, run: TaskRun, handle: Any) -> None:
         # A task that has not started leaves the cluster. One that executes cannot be stopped
@@ -362,16 +390,19 @@ def _run_on_worker(payload: bytes, upstream: list[Any]) -> tuple:
     return dumps(record), value
 
 
-def _run_chunk_on_worker(payloads: list[tuple], upstreams: list[list[Any]]) -> bytes:
+def _run_chunk_on_worker(blob: bytes, upstreams: list[list[Any]] | None) -> bytes:
     """The Dask task of a chunk of mapped runs: each executes in turn; their outcomes, in order, pickled.
 
-    One pickle, because Dask ships a list of many small bytes objects a hundred
-    times slower than one bytes object. The records reach the driver in one
-    message as the chunk ends, not one per run.
+    The payloads come as one pickle (see :func:`_chunk_payloads`) and the
+    outcomes go as one, because Dask ships a list of many small bytes objects a
+    hundred times slower than one bytes object. The records reach the driver in
+    one message as the chunk ends, not one per run.
     """
+    payloads = pickle.loads(blob)
     _chunk.finals = finals = []
     try:
-        return pickle.dumps([_run_on_worker(payload, upstream) for payload, upstream in zip(payloads, upstreams)],
+        return pickle.dumps([_run_on_worker(payload, upstream)
+                             for payload, upstream in zip(payloads, upstreams or [[]] * len(payloads))],
                             protocol=pickle.HIGHEST_PROTOCOL)
     finally:
         _chunk.finals = None
