@@ -135,17 +135,14 @@ def test_a_big_map_goes_out_in_parts_and_its_values_come_back_in_parts(runner, m
 
     monkeypatch.setattr(type(runner), "_gather", counting_gather)
 
+    from nbflow.context import current_flow_run
+
     @flow(task_runner=runner)
     def chunked():
         futures = same.map(range(N))
         futures.wait()
-        remotes_left = len(runner_of_flow()._remotes)
+        remotes_left = len(current_flow_run().task_runner._remotes)
         return [f.result() for f in futures], remotes_left
-
-    def runner_of_flow():
-        from nbflow.context import current_flow_run
-
-        return current_flow_run().task_runner
 
     values, remotes_left = chunked()
     assert values == list(range(N))

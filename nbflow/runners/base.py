@@ -60,7 +60,10 @@ class TaskRunner(abc.ABC):
     # -- lifecycle --------------------------------------------------------------
     def __enter__(self) -> TaskRunner:
         if self._started:
-            raise RuntimeError(f"This task runner is already started: {type(self).__name__} is entered once (use .duplicate() for another)")
+            raise RuntimeError(
+                f"This task runner is already started: {type(self).__name__} is entered once "
+                "(use .duplicate() for another)"
+            )
         self._started = True
         return self
 

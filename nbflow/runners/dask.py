@@ -60,7 +60,6 @@ FORGET_EVERY = 64
 GATHER_CHUNKS = 16
 
 
-
 class _Chunk:
     """One Dask task executing several runs of a ``.map`` in turn."""
 
@@ -287,13 +286,9 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
         for start in range(0, len(futures), GATHER_CHUNKS):
             part = futures[start:start + GATHER_CHUNKS]
             for future, outcome in zip(part, self._client.gather(part)):
-                if type(outcome) is bytes:  # a chunk's outcomes, pickled together
-                    outcomes = pickle.loads(outcome)
-                    for k in by_future[future]:
-                        blobs[k] = outcomes[handles[k].index][1]
-                else:
-                    for k in by_future[future]:
-                        blobs[k] = outcome[1]
+                chunk = pickle.loads(outcome) if type(outcome) is bytes else None  # a chunk's outcomes
+                for k in by_future[future]:
+                    blobs[k] = (outcome if chunk is None else chunk[handles[k].index])[1]
         return blobs
 
     def _stop_work(self, run: TaskRun, handle: Any) -> None:
