@@ -1,6 +1,7 @@
 """Big fan-outs: a ``.map`` of 100,000 and 1,000,000 trivial tasks beside the plain engines.
 
     python -m bench scale                                  # 100k and 1M on threads, processes, dask
+    python -m bench scale --runners ray --sizes 100000     # beside plain Ray tasks
     python -m bench scale --sizes 100000 --runners threads # one case
     python -m bench scale --fail 0.1                       # 10% of the items raise
     python -m bench scale --gather 10000                   # N futures into one task, beside the raw executor
@@ -9,10 +10,11 @@ Every case runs in a fresh Python process, so that the driver's memory
 growth (resident set after the map ended and every future was read, minus
 before) is the case's own; figures are medians of ``--reps`` such runs.
 Peers, doing the same work: ``ThreadPoolExecutor.map``,
-``ProcessPoolExecutor.map(chunksize=...)`` and plain Dask ``client.map`` on
-the same 2-worker LocalCluster (only up to ``--dask-plain-max`` items: a
-million plain Dask tasks take far longer than a benchmark should; the ratio
-for bigger sizes is then taken per task against the largest size run).
+``ProcessPoolExecutor.map(chunksize=...)``, plain Dask ``client.map`` on
+the same 2-worker LocalCluster and one plain Ray task per item on a 2-CPU
+local Ray (the plain engines only up to ``--plain-max`` items: a million plain
+Dask or Ray tasks take far longer than a benchmark should; the ratio for
+bigger sizes is then taken per task against the largest size run).
 Targets (issue 12): threads at most 2x raw per task at a million; Dask at most
 plain ``client.map``'s per-task cost at 100,000 and a million in under a tenth
 of plain ``client.map``'s time; at most 250 bytes per task run of driver memory.
@@ -31,7 +33,9 @@ CASES = {
     "threads": ("nbflow-threads", "raw-threads"),
     "processes": ("nbflow-processes", "raw-processes"),
     "dask": ("nbflow-dask", "plain-dask"),
+    "ray": ("nbflow-ray", "plain-ray"),
 }
+PLAIN_ENGINES = {"plain-dask", "plain-ray"}
 
 # One case, run by a fresh interpreter: prints a JSON line {"seconds", "bytes", "ok"}.
 _CHILD = r'''
@@ -89,6 +93,11 @@ if __name__ == "__main__":
     elif kind == "nbflow-dask":
         from nbflow.task_runners import DaskTaskRunner
         nbflow_case(DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}))
+    elif kind == "nbflow-ray":
+        import ray
+        from nbflow.task_runners import RayTaskRunner
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        nbflow_case(RayTaskRunner())
     elif kind == "raw-threads":
         import concurrent.futures as cf
         with cf.ThreadPoolExecutor() as pool:
@@ -109,6 +118,16 @@ if __name__ == "__main__":
                 values = client.gather(futures)
                 return sum(x is not None for x in values), (futures, values)
             measure(run)
+    elif kind == "plain-ray":
+        import ray
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        remote = ray.remote(safe)
+        ray.get([remote.remote(x) for x in range(100)])  # warm
+        def run():
+            refs = [remote.remote(x) for x in range(n)]
+            values = ray.get(refs)
+            return sum(x is not None for x in values), (refs, values)
+        measure(run)
 '''
 
 _GATHER = r'''
@@ -168,7 +187,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runners", default="threads,processes,dask")
     parser.add_argument("--fail", type=float, default=0.0, help="share of items that raise")
     parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--dask-plain-max", type=int, default=100_000)
+    parser.add_argument("--plain-max", type=int, default=100_000, help="most items for plain Dask and Ray")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
     parser.add_argument("--gather", type=int, default=0, help="only the gather case, with N futures")
     args = parser.parse_args(argv)
@@ -191,7 +210,7 @@ def main(argv: list[str]) -> int:
         for n in sizes:
             rows = {}
             for kind in (ours, peer):
-                if kind == "plain-dask" and n > args.dask_plain_max:
+                if kind in PLAIN_ENGINES and n > args.plain_max:
                     continue
                 results = [r for r in (_run(kind, n, args.fail, home, args.timeout) for _ in range(args.reps)) if r]
                 if results:

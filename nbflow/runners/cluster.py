@@ -22,6 +22,7 @@ from nbflow.exceptions import MissingDependencyError, SerializationError
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun
 from nbflow.runners.base import TaskRunner
+from nbflow.runners.chunks import Slot
 from nbflow.runners.wire.driver import Remote, complete, crash, fail, track, untrack
 from nbflow.runners.wire.payload import Payloads
 from nbflow.runners.wire.results import Fetcher
@@ -266,6 +267,7 @@ class ClusterTaskRunner(TaskRunner):
     def engine_failed(self, outgoing: Outgoing, error: BaseException, handle: Any) -> None:
         """The engine failed ``outgoing``'s run without a record: its worker died, it was cancelled,
         or an upstream engine future failed (engines fail dependents without running them).
+        A run of a failed chunk that had not started is handed over again, alone.
 
         In the last case the run goes back through scheduling once that
         upstream run has ended on the driver (or was handed to the engine
@@ -278,6 +280,11 @@ class ClusterTaskRunner(TaskRunner):
         self._handles.pop(run, None)
         if run.done:
             untrack(run)
+            return
+        if type(handle) is Slot and not run.state.is_running():
+            # Its chunk failed (its worker died) before this run was seen starting there: it goes again,
+            # on its own, so a run that kills its worker is found out alone and the others complete.
+            self._dispatch(run)
             return
 
         def decide() -> None:

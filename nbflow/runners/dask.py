@@ -12,29 +12,27 @@ no other run consumed (``nbflow.runners.wire.results.Fetcher``). Transitions and
 through a scheduler event topic of the runner (``Worker.log_event`` and
 ``Client.subscribe_topic``); the Dask future's done callback ends each run.
 
-The runs of a large ``.map`` of small tasks go in *chunks*: one Dask task
-executes several runs in turn, each with its own states, retries, timeout,
-cache entry and output, and returns their outcomes in a list; a run's handle
-is then its place in a chunk (:class:`_Slot`). Chunks are sized to about
-``CHUNK_SECONDS`` of work from the durations measured for the task so far, so
-Dask's per-task cost (about a millisecond) is paid once per chunk.
+The runs of a large ``.map`` of small tasks go in chunks (:mod:`nbflow.runners.chunks`):
+one Dask task executes several runs in turn, each its own, so Dask's per-task
+cost (about a millisecond) is paid once per chunk. A chunk's records reach
+the driver in one event as it ends; a downstream run on Dask gets the
+chunk's outcomes as a dependency and picks the one it consumes.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import importlib
 import logging
-import math
 import pickle
 import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun, new_id
-from nbflow.runners import cluster, sizing
+from nbflow.runners import chunks, cluster, sizing
+from nbflow.runners.chunks import Chunk, Slot
 from nbflow.runners.wire import driver, worker
 from nbflow.runners.wire.payload import Record, dumps
 
@@ -47,40 +45,13 @@ class PrefectDaskFuture(PrefectFuture):
 
 logger = logging.getLogger("nbflow.runners")
 
-#: Seconds of work a chunk of mapped runs aims at.
-CHUNK_SECONDS = 0.05
-#: Runs per chunk of a task whose duration is not known yet.
-FIRST_CHUNK = 256
-#: Chunks per worker thread a map is cut into at least, so that the work spreads.
-CHUNKS_PER_THREAD = 4
-
 #: Chunks after which the scheduler forgets the runner's delivered live messages.
 FORGET_EVERY = 64
-#: Chunks whose outcomes are brought to the driver in one gather, at most, when values are read.
-GATHER_CHUNKS = 16
 
 
-class _Chunk:
-    """One Dask task executing several runs of a ``.map`` in turn."""
-
-    __slots__ = ("future", "runs")
-
-    def __init__(self, future: Any, runs: list[TaskRun]) -> None:
-        self.future = future
-        self.runs = runs
-
-
-class _Slot(NamedTuple):
-    """The handle of a run sent in a chunk: its place in the chunk's list of outcomes."""
-
-    chunk: _Chunk
-    index: int
-
-
-def _chunk_payloads(group: list[cluster.Outgoing]) -> bytes:
-    # One bytes object per chunk: the scheduler keeps a task's arguments while its future lives, and
-    # for a LocalCluster that is the driver's memory (a million runs' payload tuples: ~440 bytes each).
-    return pickle.dumps([o.payload for o in group], protocol=pickle.HIGHEST_PROTOCOL)
+def _as_dependency(handle: Any) -> Any:
+    # Dask replaces the future inside the tuple by the chunk's outcomes; the worker picks its own.
+    return (handle.chunk.future, handle.index) if type(handle) is Slot else handle
 
 
 def _chunk_upstreams(group: list[cluster.Outgoing]) -> list[list[Any]] | None:
@@ -88,19 +59,6 @@ def _chunk_upstreams(group: list[cluster.Outgoing]) -> list[list[Any]] | None:
     if not any(o.handles for o in group):
         return None
     return [[_as_dependency(h) for h in o.handles] for o in group]
-
-
-def _as_dependency(handle: Any) -> Any:
-    # Dask replaces the future inside the tuple by the chunk's outcomes; the worker picks its own.
-    return (handle.chunk.future, handle.index) if type(handle) is _Slot else handle
-
-
-def chunk_size(runs: int, threads: int, mean_seconds: float | None) -> int:
-    """How many of a map's ``runs`` one Dask task executes: about ``CHUNK_SECONDS`` of work,
-    ``FIRST_CHUNK`` while the duration is unknown, and never so many that fewer than
-    ``CHUNKS_PER_THREAD`` chunks per worker thread are left to spread."""
-    spread = math.ceil(runs / (max(threads, 1) * CHUNKS_PER_THREAD))
-    return sizing.runs_per(CHUNK_SECONDS, mean_seconds, FIRST_CHUNK, spread)
 
 
 class DaskTaskRunner(cluster.ClusterTaskRunner):
@@ -195,24 +153,17 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
             o = batch[0]
             return [client.submit(_run_on_worker, o.payload, [_as_dependency(h) for h in o.handles],
                                   key=f"{o.run.task.name}-{new_id():032x}", pure=False)]
-        size = 1
-        if len(batch) >= 2 * CHUNKS_PER_THREAD:
-            threads = sum(client.nthreads().values())
-            size = chunk_size(len(batch), threads, sizing.mean_duration(batch[0].run.task.task_key))
-        groups = [batch[i:i + size] for i in range(0, len(batch), size)]
+        groups = chunks.split(batch, sum(client.nthreads().values()))
+        chunked = len(groups[0]) > 1
         futures = client.map(  # one message to the scheduler for a whole .map
-            _run_chunk_on_worker if size > 1 else _run_on_worker,
-            [_chunk_payloads(g) if size > 1 else g[0].payload for g in groups],
-            [_chunk_upstreams(g) if size > 1 else [_as_dependency(h) for h in g[0].handles] for g in groups],
+            _run_chunk_on_worker if chunked else _run_on_worker,
+            [chunks.pack(g) if chunked else g[0].payload for g in groups],
+            [_chunk_upstreams(g) if chunked else [_as_dependency(h) for h in g[0].handles] for g in groups],
             key=[f"{g[0].run.task.name}-{new_id():032x}" for g in groups], pure=False,
         )
-        if size == 1:
+        if not chunked:
             return futures
-        handles: list[Any] = []
-        for group, future in zip(groups, futures):
-            chunk = _Chunk(future, [o.run for o in group])
-            handles.extend(_Slot(chunk, i) for i in range(len(group)))
-        return handles
+        return [slot for group, future in zip(groups, futures) for slot in chunks.slots(future, group)]
 
     def _watch(self, outgoing: cluster.Outgoing, handle: Any) -> None:
         # Done callbacks are registered from the client's event loop, a burst of
@@ -226,13 +177,13 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
     def _register_done_callbacks(self) -> None:
         with self._unwatched_lock:
             batch, self._unwatched = self._unwatched, []
-        chunks: dict[_Chunk, list[tuple[cluster.Outgoing, _Slot]]] = {}
+        by_chunk: dict[Chunk, list[tuple[cluster.Outgoing, Slot]]] = {}
         for outgoing, handle in batch:
-            if type(handle) is _Slot:
-                chunks.setdefault(handle.chunk, []).append((outgoing, handle))
+            if type(handle) is Slot:
+                by_chunk.setdefault(handle.chunk, []).append((outgoing, handle))
             else:
                 handle.add_done_callback(functools.partial(self._done, [(outgoing, handle)]))
-        for chunk, members in chunks.items():
+        for chunk, members in by_chunk.items():
             chunk.future.add_done_callback(functools.partial(self._done, members))
 
     def _done(self, members: list[tuple[cluster.Outgoing, Any]], future: Any) -> None:
@@ -253,14 +204,14 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
                 try:
                     if outcomes is None:
                         outcomes = future.result()
-                        if type(handle) is _Slot:
+                        if type(handle) is Slot:
                             outcomes = pickle.loads(outcomes)
-                    record = (outcomes[handle.index] if type(handle) is _Slot else outcomes)[0]
+                    record = (outcomes[handle.index] if type(handle) is Slot else outcomes)[0]
                 except Exception as exc:
                     self.engine_failed(outgoing, exc, handle)
                     continue
             self.finish_run(outgoing.run, record, handle)
-        if type(members[0][1]) is _Slot:
+        if type(members[0][1]) is Slot:
             sizing.measure([outgoing.run for outgoing, _ in members])
             self._chunks_done += 1
             if self._chunks_done % FORGET_EVERY == 0 and self._client is not None:
@@ -275,28 +226,14 @@ class DaskTaskRunner(cluster.ClusterTaskRunner):
             logger.debug("the events of %s stay on the scheduler", self._channel.key, exc_info=True)
 
     def _gather(self, handles: list[Any]) -> list[bytes]:
-        # A chunk's outcomes come once, however many of its runs are read; GATHER_CHUNKS chunks at a
-        # time, their records dropped as their values are picked: the driver never holds the outcomes
-        # of a whole million-item map at once.
-        by_future: dict[Any, list[int]] = {}
-        for k, h in enumerate(handles):
-            by_future.setdefault(h.chunk.future if type(h) is _Slot else h, []).append(k)
-        blobs: list[Any] = [None] * len(handles)
-        futures = list(by_future)
-        for start in range(0, len(futures), GATHER_CHUNKS):
-            part = futures[start:start + GATHER_CHUNKS]
-            for future, outcome in zip(part, self._client.gather(part)):
-                chunk = pickle.loads(outcome) if type(outcome) is bytes else None  # a chunk's outcomes
-                for k in by_future[future]:
-                    blobs[k] = (outcome if chunk is None else chunk[handles[k].index])[1]
-        return blobs
+        return chunks.gather(handles, self._client.gather, lambda handle: handle, lambda outcome: outcome[1])
 
     def _stop_work(self, run: TaskRun, handle: Any) -> None:
         # A task that has not started leaves the cluster. One that executes cannot be stopped
         # (Dask does not kill worker threads): its thread ends when the code returns, and what
         # it reports then is ignored. A chunk goes once none of its runs needs it.
-        if type(handle) is _Slot:
-            if all(r.done for r in handle.chunk.runs):
+        if type(handle) is Slot:
+            if handle.chunk.finished():
                 handle.chunk.future.cancel()
             return
         handle.cancel()
@@ -334,9 +271,10 @@ class _DaskChannel(worker.Channel):
             worker.send_final(self, record, None, base)
         else:
             finals.append(worker.final_message(record, None, base))
+            _chunk.channel = self
 
 
-_chunk = threading.local()  # .finals: the records of the runs of the chunk this thread executes
+_chunk = threading.local()  # .finals: the records of the runs of the chunk this thread executes; .channel: theirs
 
 
 def _drop_topic(topic: str, dask_scheduler: Any = None) -> None:
@@ -348,61 +286,27 @@ def _drop_topic(topic: str, dask_scheduler: Any = None) -> None:
         dask_scheduler.events.pop(topic, None)
 
 
-def _picked(upstream: list[Any]) -> list[tuple[bytes, bytes | None]]:
-    # An upstream run sent in a chunk arrives as (the chunk's pickled outcomes, its index).
-    return [_chunk_outcomes(u[0])[u[1]] if type(u[1]) is int else u for u in upstream]
-
-
-_unpickled: collections.OrderedDict[int, tuple[bytes, list]] = collections.OrderedDict()
-_unpickled_lock = threading.Lock()
-
-
-def _chunk_outcomes(blob: bytes) -> list:
-    """A chunk's outcomes from its pickle, unpickled once for all the downstream runs a worker executes.
-
-    Dask hands every task on a worker the same bytes object for one chunk: a
-    few recent ones are kept, by identity (holding the bytes keeps it unique).
-    """
-    with _unpickled_lock:
-        known = _unpickled.get(id(blob))
-        if known is not None and known[0] is blob:
-            _unpickled.move_to_end(id(blob))
-            return known[1]
-    outcomes = pickle.loads(blob)
-    with _unpickled_lock:
-        _unpickled[id(blob)] = (blob, outcomes)
-        if len(_unpickled) > 8:
-            _unpickled.popitem(last=False)
-    return outcomes
-
-
 def _run_on_worker(payload: bytes, upstream: list[Any]) -> tuple:
     """The Dask task of one run: its outcome (record, value) stays on the cluster for downstream runs.
 
     Dask replaces the upstream futures by their outcomes before calling it.
     """
-    record, value = worker.run_payload(payload, _picked(upstream))
+    record, value = worker.run_payload(payload, chunks.picked(upstream))
     return dumps(record), value
 
 
 def _run_chunk_on_worker(blob: bytes, upstreams: list[list[Any]] | None) -> bytes:
-    """The Dask task of a chunk of mapped runs: each executes in turn; their outcomes, in order, pickled.
+    """The Dask task of a chunk of mapped runs (:func:`nbflow.runners.chunks.run_chunk`).
 
-    The payloads come as one pickle (see :func:`_chunk_payloads`) and the
-    outcomes go as one, because Dask ships a list of many small bytes objects a
-    hundred times slower than one bytes object. The records reach the driver in
-    one message as the chunk ends, not one per run.
+    The records reach the driver in one message as the chunk ends, not one per run.
     """
-    payloads = pickle.loads(blob)
     _chunk.finals = finals = []
     try:
-        return pickle.dumps([_run_on_worker(payload, upstream)
-                             for payload, upstream in zip(payloads, upstreams or [[]] * len(payloads))],
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        return chunks.run_chunk(blob, upstreams, _run_on_worker)
     finally:
         _chunk.finals = None
         if finals:
-            worker.send(payloads[0][8], ("finals", finals))  # the payloads' channel
+            worker.send(_chunk.channel, ("finals", finals))
 
 
 __all__ = ["DaskTaskRunner", "PrefectDaskFuture"]

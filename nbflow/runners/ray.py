@@ -9,7 +9,12 @@ Each run is one Ray task with two results: a small record (states, run
 count, name, output) that the driver fetches when the task ends, and the
 run's value, which stays in the object store: downstream runs receive it as
 an ObjectRef argument, and the driver fetches it when it is read, or at the
-end of the flow run if no other run consumed it (``nbflow.runners.wire.results.Fetcher``). Transitions and
+end of the flow run if no other run consumed it (``nbflow.runners.wire.results.Fetcher``).
+The runs of a large ``.map`` of small tasks over plain values go in chunks
+(:mod:`nbflow.runners.chunks`): one Ray task executes several runs, each its
+own, and returns their outcomes together, so Ray's per-task cost (about a
+millisecond) is paid once per chunk; a downstream run receives the chunk's
+outcomes and picks the one it consumes. Transitions and
 printed lines reach the driver through a small actor that workers send
 batches to and a driver thread drains (blocking, not polling) while a
 runner uses it.
@@ -27,6 +32,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import pickle
 import queue
 import threading
 from collections.abc import Callable
@@ -35,7 +41,8 @@ from typing import Any
 from nbflow import states as S
 from nbflow.futures import PrefectFuture
 from nbflow.records import TaskRun, new_id
-from nbflow.runners import cluster
+from nbflow.runners import chunks, cluster, sizing
+from nbflow.runners.chunks import Chunk, Slot
 from nbflow.runners.wire import driver, worker
 from nbflow.runners.wire.payload import Record, dumps
 
@@ -67,6 +74,8 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
         self._started_ray = False
         self._live: _Sink | None = None
         self._marks: _Marks | None = None
+        self._threads = 1  # the cluster's CPUs: what a map's chunks spread over
+        self._watching: dict[Chunk, list[tuple[cluster.Outgoing, Slot]]] = {}  # chunks being watched
 
     def duplicate(self) -> RayTaskRunner:
         return type(self)(self.address, self.init_kwargs)
@@ -85,6 +94,7 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
             self._started_ray = True
             where = f"Ray at {self.address}" if self.address else "the local Ray this runner started"
         _start_ending_runs()
+        self._threads = int(ray.cluster_resources().get("CPU", 1))
         self._live = _use_sink()
         self._marks = _Marks()
         return where, _RayChannel(self._live.name)
@@ -105,11 +115,17 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
     def _submit(self, batch: list[cluster.Outgoing]) -> list[Any]:
         # A handle: the refs of the record and the value, the attempts made before this hand-over,
         # and the key the task marks as it starts (one with upstream refs has one; see _stop_work).
+        # A map over plain values goes in chunks (a chunk's task has no upstream refs to resolve).
+        if len(batch) > 1 and not any(o.handles for o in batch):
+            groups = chunks.split(batch, self._threads)
+            if len(groups[0]) > 1:
+                run_chunk = _remote_chunk().remote
+                return [slot for group in groups for slot in chunks.slots(run_chunk(chunks.pack(group)), group)]
         run = _remote_run().remote
         marks = self._marks
         handles = []
         for o in batch:
-            upstream = itertools.chain.from_iterable(h[:2] for h in o.handles)
+            upstream = itertools.chain.from_iterable(_as_arguments(h) for h in o.handles)
             key = marks.key(o.run.int_id) if o.handles else None  # type: ignore[union-attr]
             handles.append((*run(o.payload, key, *upstream), o.run.run_count, key))
         return handles
@@ -118,6 +134,16 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
         # ObjectRef._on_completed is what ObjectRef.future() wraps, minus a
         # concurrent Future per run. Ray calls back in its own thread: the
         # outcome goes to nbflow's, where ending a run may call into Ray.
+        if type(handle) is Slot:  # a chunk is watched once all its runs are (in order, by _send)
+            chunk = handle.chunk
+            members = self._watching.setdefault(chunk, [])
+            members.append((outgoing, handle))
+            if len(members) == len(chunk.runs):
+                del self._watching[chunk]
+                chunk.future._on_completed(
+                    lambda outcome: _calls.put(functools.partial(self._chunk_outcome, members, outcome))
+                )
+            return
         handle[0]._on_completed(
             lambda outcome: _calls.put(functools.partial(self._outcome, outgoing, handle, outcome))
         )
@@ -135,10 +161,29 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
             logger.exception("ending task run %r failed", outgoing.run.name)
             driver.crash(outgoing.run, f"nbflow could not read its outcome ({exc!r}).", exc)
 
+    def _chunk_outcome(self, members: list[tuple[cluster.Outgoing, Slot]], outcome: Any) -> None:
+        if isinstance(outcome, BaseException):  # the worker died, or the chunk was cancelled
+            for outgoing, slot in members:
+                self.engine_failed(outgoing, outcome, slot)
+            return
+        try:
+            records = [record for record, _ in pickle.loads(outcome)]
+        except Exception as exc:  # a bug here must not leave the runs unfinished
+            for outgoing, _ in members:
+                driver.crash(outgoing.run, f"nbflow could not read its outcome ({exc!r}).", exc)
+            return
+        for outgoing, slot in members:
+            try:
+                self.finish_run(outgoing.run, records[slot.index], slot)
+            except Exception as exc:
+                logger.exception("ending task run %r failed", outgoing.run.name)
+                driver.crash(outgoing.run, f"nbflow could not read its outcome ({exc!r}).", exc)
+        sizing.measure([outgoing.run for outgoing, _ in members])
+
     def _gather(self, handles: list[Any]) -> list[bytes]:
         import ray
 
-        return ray.get([handle[1] for handle in handles])
+        return chunks.gather(handles, ray.get, lambda handle: handle[1], lambda value: value)
 
     def _stop_work(self, run: TaskRun, handle: Any) -> None:
         # ray.cancel of a task whose upstream refs are still resolving can abort this process
@@ -148,6 +193,10 @@ class RayTaskRunner(cluster.ClusterTaskRunner):
         # to resolve and is cancelled (dropped if queued, interrupted if it just started).
         import ray
 
+        if type(handle) is Slot:  # a chunk stops once none of its runs needs it
+            if handle.chunk.finished():
+                ray.cancel(handle.chunk.future, force=True)
+            return
         if run.run_count > handle[2]:
             _force_cancel(handle)
         elif handle[3] is not None:
@@ -194,6 +243,19 @@ def _remote_run() -> Any:
     return ray.remote(num_returns=2)(_run_on_worker)
 
 
+@functools.cache
+def _remote_chunk() -> Any:
+    import ray
+
+    return ray.remote(_run_chunk_on_worker)
+
+
+def _as_arguments(handle: Any) -> tuple:
+    # An upstream run's (record, value) refs, or the ref of its chunk's outcomes and its index there:
+    # Ray resolves refs given as arguments, and the worker picks the run's own outcome.
+    return (handle.chunk.future, handle.index) if type(handle) is Slot else handle[:2]
+
+
 def _run_on_worker(payload: tuple, key: bytes | None, *upstream: bytes | None) -> tuple:
     """The Ray task of one run; ``upstream`` holds each upstream run's record and value, in turn.
 
@@ -204,8 +266,13 @@ def _run_on_worker(payload: tuple, key: bytes | None, *upstream: bytes | None) -
         run_id, name = payload[3], payload[4]
         state = S.Cancelled(message=f"Task run {name!r} was cancelled before it started.")
         return dumps(Record(run_id, (state,), 0, name, 0, None)), None
-    record, value = worker.run_payload(payload, list(zip(upstream[::2], upstream[1::2])))
+    record, value = worker.run_payload(payload, chunks.picked(list(zip(upstream[::2], upstream[1::2]))))
     return dumps(record), value
+
+
+def _run_chunk_on_worker(blob: bytes) -> bytes:
+    """The Ray task of a chunk of mapped runs (:func:`nbflow.runners.chunks.run_chunk`)."""
+    return chunks.run_chunk(blob, None, lambda payload, _upstream: _run_on_worker(payload, None))
 
 
 # -- withdrawing runs that have not started ------------------------------------------------------
