@@ -256,3 +256,41 @@ def test_threads_added_for_waiting_work_leave_once_idle(monkeypatch):
         left.wait(0.01)
     pool.shutdown()
     assert left.is_set(), pool._threads
+
+
+class CountingLock:
+    """A lock that counts how often it is taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def acquire(self, *args, **kwargs) -> bool:
+        self.taken += 1
+        return self._lock.acquire(*args, **kwargs)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def test_a_busy_pool_takes_no_lock_per_item():
+    # Issue 12: a big map on threads. One lock taken per item by the submitter and by every
+    # worker made worker threads queue on it and for the GIL in turn (a 1.5-2x slower map).
+    probe = Probe()
+    pool = WorkerPool(probe, 2, "test-pool")
+    counting = CountingLock()
+    pool._lock, pool._slot_free = counting, threading.Condition(counting)
+    gate = threading.Event()
+    items = 1000
+    for _ in range(items):  # the first two start the threads; the rest queue behind them
+        pool.submit(lambda: gate.wait(SAFETY))
+    gate.set()
+    probe.wait_for(items)
+    pool.shutdown()
+    assert probe.peak <= 2
+    assert counting.taken < 20, counting.taken  # per thread started, woken or idled: not per item

@@ -11,6 +11,12 @@ while a task that submits tasks and waits on them always makes progress, even
 with ``max_workers=1``. A worker that resumes takes its slot back (it waits
 for one to be free), and extra threads leave once the blocked ones resume.
 
+A busy pool takes no lock per item: a worker keeps its slot from one item
+to the next while the queue has work, and :meth:`WorkerPool.submit` reads
+the counters before it locks to claim an idle thread or start one (one
+shared lock taken three times per item made a 2-core map 1.5-2x slower:
+worker threads queued on it and for the GIL in turn).
+
 A worker stuck in a call that nbflow abandoned (a task run blocked in C past
 its deadline or a cancel, see ``nbflow.timeouts``) leaves the pool at once:
 a new thread takes its place and its slot, runs the abandoned run's
@@ -65,7 +71,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._slot_free = threading.Condition(self._lock)
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # threads waiting for an item
+        self._claims = 0  # items queued for those idle threads (each wakes one)
         self._blocked = 0
         self._running = 0  # threads executing an item and not blocked
         self._slot_waiters = 0
@@ -78,20 +85,29 @@ class WorkerPool:
         return self._max
 
     def submit(self, item: Any) -> None:
-        """Queue ``item``; start a thread if no idle one can take it."""
-        ramp = False
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"{self._name} is shut down; it takes no new work")
-            if self._idle:
-                self._idle -= 1
-                spawn = False
-            else:
-                spawn = self._threads < self._eager + self._blocked
-                if spawn:
-                    self._threads += 1
-                elif not self._ramping and self._threads < self._max + self._blocked:
-                    self._ramping = ramp = True
+        """Queue ``item``; start a thread if no idle one can take it.
+
+        While every thread is busy and no more may start (a big map, submitted
+        faster than it runs) this takes no lock: the counters are read first,
+        and the lock is taken only to claim an idle thread or to start one.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self._name} is shut down; it takes no new work")
+        ramp = spawn = False
+        threads, blocked = self._threads, self._blocked
+        if self._idle > self._claims or threads < self._eager + blocked or (
+                not self._ramping and threads < self._max + blocked):
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError(f"{self._name} is shut down; it takes no new work")
+                if self._idle > self._claims:
+                    self._claims += 1  # an idle thread will take it
+                else:
+                    spawn = self._threads < self._eager + self._blocked
+                    if spawn:
+                        self._threads += 1
+                    elif not self._ramping and self._threads < self._max + self._blocked:
+                        self._ramping = ramp = True
         self._queue.put(item)
         if spawn:
             self._spawn()
@@ -138,61 +154,96 @@ class WorkerPool:
         thread.start()
 
     def _work(self, first: Callable[[], Any] | None, has_slot: bool) -> None:
+        # A worker holds an execution slot from the item it takes until it finds the queue empty:
+        # items taken one after another cost it no lock, unless a resumed worker waits for a slot.
         set_thread_pool(self)
         set_thread_host(self)
         ident = threading.get_ident()
-        get = self._queue.get
+        get_now = self._queue.get_nowait
         target = self._target
         lock = self._lock
+        holding = has_slot
         try:
             if first is not None:  # an abandoned worker's continuation, in its place
-                if not has_slot:
+                if not holding:
                     with lock:
                         self._take_slot()
+                    holding = True
                 first()
                 first = None
-                if self._done_with_item(ident):
+                holding, leave = self._after_item(ident)
+                if leave:
                     return
             while True:
                 try:
-                    item = get(timeout=IDLE_EXIT) if self._eager < self._max else get()
+                    item = get_now()
                 except queue.Empty:
-                    if self._leave_idle():
-                        return
-                    continue
+                    item = self._wait_for_item(holding)  # it comes with a slot
+                    holding = True
                 if item is _STOP:
                     return
-                with lock:
-                    self._take_slot()
+                if not holding:
+                    with lock:
+                        self._take_slot()
+                    holding = True
                 target(item)
                 item = None
-                if self._done_with_item(ident):
+                holding, leave = self._after_item(ident)
+                if leave:
                     return
         finally:
             set_thread_host(None)
 
+    def _wait_for_item(self, holding: bool) -> Any:
+        """Block for the next item as an idle worker and take a slot for it; ``_STOP`` if the pool
+        shuts down or this thread leaves it."""
+        with self._lock:
+            if holding:
+                self._give_slot()
+            self._idle += 1
+        while True:
+            try:
+                item = self._queue.get(timeout=IDLE_EXIT) if self._eager < self._max else self._queue.get()
+            except queue.Empty:
+                if self._leave_idle():
+                    return _STOP
+                continue
+            if item is _STOP:
+                return item
+            with self._lock:
+                self._idle -= 1
+                if self._claims:
+                    self._claims -= 1
+                self._take_slot()
+            return item
+
     def _leave_idle(self) -> bool:
         """An idle worker waited ``IDLE_EXIT`` seconds for work: it leaves if it is beyond the eager ones."""
         with self._lock:
-            if self._idle > 0 and self._threads > self._eager + self._blocked and not self._closed:
+            if self._threads > self._eager + self._blocked and not self._closed:
                 self._idle -= 1
                 self._threads -= 1
+                self._claims = min(self._claims, self._idle)
                 return True
             return False
 
-    def _done_with_item(self, ident: int) -> bool:
-        """Give back the slot of the item just done; True if this thread leaves the pool."""
+    def _after_item(self, ident: int) -> tuple[bool, bool]:
+        """The item just done ended: (whether this worker still holds its slot, whether it leaves the pool)."""
+        self._finished += 1  # unlocked: an increment lost to a race only delays the ramp's next step
+        if not (self._abandoned or self._slot_waiters or self._threads > self._max + self._blocked):
+            return True, False  # the common case, read without the lock: keep the slot, take the next item
         with self._lock:
-            self._finished += 1
             if self._abandoned and ident in self._abandoned:
                 self._abandoned.discard(ident)  # its place and slot went to a replacement
-                return True
-            self._give_slot()
+                return False, True
             if self._threads > self._max + self._blocked:
+                self._give_slot()
                 self._threads -= 1  # a stand-in for a blocked worker: leave
-                return True
-            self._idle += 1
-            return False
+                return False, True
+            if self._slot_waiters:  # a resumed worker waits for a slot: it goes first
+                self._give_slot()
+                return False, False
+            return True, False
 
     # -- execution slots (called with the lock held) ---------------------------
     def _take_slot(self) -> None:
