@@ -119,10 +119,32 @@ class Kernel:
     """A kernel driven message by message, keeping every iopub message."""
 
     def __init__(self) -> None:
+        import tempfile
+
         from jupyter_client.manager import start_new_kernel
 
         self.km, self.kc = start_new_kernel(kernel_name="python3")
         self.iopub: list[dict] = []
+        # Where the kernel writes every thread's stack when a wait here times out: the failure says
+        # where the kernel was stuck.
+        self.stacks = tempfile.NamedTemporaryFile(prefix="nbflow-kernel-stacks-", suffix=".txt", delete=False).name
+        self.kc.execute_interactive(
+            f"import faulthandler as _fh, signal as _sig\n"
+            f"_fh.register(_sig.SIGUSR1, file=open({self.stacks!r}, 'w'), all_threads=True)",
+            timeout=30, output_hook=self.iopub.append,
+        )
+
+    def _stacks(self) -> str:
+        import os
+        import signal
+
+        try:
+            os.kill(self.km.provisioner.pid, signal.SIGUSR1)
+            time.sleep(1)  # the dump is written by the kernel process; this only reports it
+            with open(self.stacks) as f:
+                return f.read()[:6000]
+        except Exception as exc:  # the report must not hide the failure
+            return f"(no stacks: {exc!r})"
 
     def start(self, code: str) -> str:
         return self.kc.execute(code)
@@ -137,7 +159,10 @@ class Kernel:
                 msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
             except Empty:
                 seen = [(m["msg_type"], str(m["content"])[:80]) for m in self.iopub[-8:]]
-                raise AssertionError(f"no awaited message within {timeout} s; the last ones: {seen}") from None
+                raise AssertionError(
+                    f"no awaited message within {timeout} s; the last ones: {seen}\n"
+                    f"the kernel's threads:\n{self._stacks()}"
+                ) from None
             self.iopub.append(msg)
             if predicate(msg):
                 return msg
