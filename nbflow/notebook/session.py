@@ -196,9 +196,15 @@ class WidgetMessagePump:
                 )
 
     def _handle_now(self, frames: list) -> None:
+        import signal
+
         kernel = self.kernel
         parent = kernel.get_parent("shell")
         ident = kernel._get_shell_context_var(kernel._shell_parent_ident)
+        # ipykernel logs and drops a KeyboardInterrupt raised in a message handler: a Ctrl-C that
+        # lands meanwhile is held, then delivered to the waiting cell once the handler returned.
+        held: list[Any] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
         handling = kernel.dispatch_shell(frames, subshell_id=None, concurrent=True)
         try:
             handling.send(None)  # comm handlers are synchronous: it ends without suspending
@@ -207,7 +213,10 @@ class WidgetMessagePump:
         else:
             handling.close()
         finally:
+            signal.signal(signal.SIGINT, previous)
             kernel.set_parent(ident, parent, channel="shell")
+        if held and callable(previous):
+            previous(signal.SIGINT, held[0])
 
 
 class NotebookSession:

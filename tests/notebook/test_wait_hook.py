@@ -86,3 +86,41 @@ def test_as_completed_on_the_main_thread_calls_the_hook(hook):
 
     assert mapped() == [1, 1]
     assert calls[:3] == ["MainThread"] * 3
+
+
+class _Kernel:
+    """Just what the widget pump uses of an ipykernel, with its handler dropping a KeyboardInterrupt as
+    ipykernel's ``dispatch_shell`` does ("KeyboardInterrupt caught in kernel")."""
+
+    _shell_parent_ident = "ident"
+
+    def __init__(self) -> None:
+        self.handled = 0
+
+    def get_parent(self, channel: str) -> dict:
+        return {}
+
+    def _get_shell_context_var(self, var: str) -> str:
+        return var
+
+    def set_parent(self, ident: str, parent: dict, channel: str) -> None:
+        pass
+
+    async def dispatch_shell(self, frames, subshell_id=None, concurrent=False) -> None:
+        import os
+        import signal
+
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the comm message is handled
+            self.handled += 1
+        except KeyboardInterrupt:
+            pass
+
+
+def test_a_ctrl_c_while_the_pump_handles_a_widget_message_reaches_the_waiting_cell():
+    from nbflow.notebook.session import WidgetMessagePump
+
+    kernel = _Kernel()
+    with pytest.raises(KeyboardInterrupt):
+        WidgetMessagePump(kernel)._handle_now([])
+    assert kernel.handled == 1  # the message was handled whole, then the interrupt was raised
