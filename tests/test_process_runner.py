@@ -399,3 +399,43 @@ def test_runs_of_a_short_task_queue_at_the_workers_each_keeping_its_own_outcome(
         else:
             assert run.state.result() == 2 * x
             assert [s.name for s in run.states] == ["Pending", "Running", "Completed"]
+
+
+def test_a_map_of_a_short_task_crosses_the_pipes_in_bundles_each_run_its_own(monkeypatch):
+    # Issue 12: the driver sends a worker the runs queued for it in one message, and a worker
+    # with runs waiting behind the one it runs reports them with its live messages, a batch at
+    # a time: far fewer messages than two each way per run, every run still its own.
+    from nbflow.runners import processes
+    from nbflow.runners.wire import driver
+
+    sends, blobs = [], []
+    send, receive = processes._Pool._send, driver.receive
+    monkeypatch.setattr(processes._Pool, "_send", lambda self, worker, jobs: sends.append(len(jobs)) or send(self, worker, jobs))
+    monkeypatch.setattr(driver, "receive", lambda blob: blobs.append(1) or receive(blob))
+
+    @task
+    def short(x):
+        if x % 500 == 7:
+            raise ValueError(f"bad {x}")
+        print(f"item {x}")
+        return x * 2
+
+    n = 2000
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    def many():
+        short.map(range(10)).wait()  # measured short: its runs queue at the workers
+        sends.clear(), blobs.clear()
+        futures = short.map(range(n))
+        futures.wait()
+        return [f.task_run for f in futures]
+
+    runs = many()
+    assert sum(sends) == n and len(sends) < n / 8, len(sends)
+    assert len(blobs) < n / 4, len(blobs)
+    for x, run in enumerate(runs):
+        if x % 500 == 7:
+            assert run.state.is_failed() and f"bad {x}" in run.state.message
+        else:
+            assert run.state.result() == 2 * x and run.output.text() == f"item {x}\n"
+            assert [s.name for s in run.states] == ["Pending", "Running", "Completed"]

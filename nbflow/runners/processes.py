@@ -52,13 +52,16 @@ from nbflow.runners import sizing
 from nbflow.runners.base import TaskRunner
 from nbflow.runners.wire import driver
 from nbflow.runners.wire.payload import Payloads, Record, encode, resumed
-from nbflow.runners.wire.worker import Channel, run_payload, send_final
+from nbflow.runners.wire.worker import Channel, final_message, post, run_payload, send_final
 from nbflow.states import State
+from nbflow.timeouts import mark_real_interrupts
 
 #: Seconds of work a worker is handed ahead (runs of a short task queue at the worker).
 QUEUE_SECONDS = 0.01
 #: Runs a worker is handed ahead at most.
 MOST_QUEUED = 64
+#: Runs of a ``.map`` queued at the pool together (the workers start on the first part).
+SEND_EVERY = 256
 
 # What a worker process runs: python -c _BOOT <fd of its end of the pipe>.
 _BOOT = "import sys; from nbflow.runners.processes import serve; serve(int(sys.argv[1]))"
@@ -87,6 +90,7 @@ class ProcessPoolTaskRunner(TaskRunner):
         self.initializer = initializer
         self.initargs = tuple(initargs)
         self._payloads = Payloads(type(self).__name__)
+        self._batch = threading.local()  # .jobs: where this thread's map collects its runs and payloads
 
     def duplicate(self) -> ProcessPoolTaskRunner:
         return type(self)(self.max_workers, self.initializer, self.initargs)
@@ -108,7 +112,26 @@ class ProcessPoolTaskRunner(TaskRunner):
         except Exception as exc:
             driver.crash(run, f"it could not be sent to a worker process ({exc!r}).", exc)
             return
-        pool.submit(run, payload)
+        batch = getattr(self._batch, "jobs", None)
+        if batch is None:
+            pool.submit([(run, payload)])
+            return
+        batch.append((run, payload))
+        if len(batch) >= SEND_EVERY:  # the workers start on the first part of a big map
+            pool.submit(batch[:])
+            batch.clear()
+
+    def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
+        batch: list[tuple[TaskRun, bytes]] = []
+        self._batch.jobs = batch
+        try:
+            return super().map(task, parameters, wait_for)
+        finally:
+            self._batch.jobs = None
+            if batch:
+                _pool_for(self).submit(batch)
+
+    map.__doc__ = TaskRunner.map.__doc__
 
     def __repr__(self) -> str:
         return f"ProcessPoolTaskRunner(max_workers={self.max_workers})"
@@ -158,19 +181,29 @@ atexit.register(close_pools)
 class _PipeChannel(Channel):
     """A worker's pipe to the driver (never pickled: the worker makes it); it carries the outcome too.
 
-    A pipe is cheap, so a run's transitions go at once (``eager``): the
-    driver hears that an attempt started before the task's code runs.
+    A pipe is cheap, so a run's transitions and outcome go at once
+    (``eager``): the driver hears that an attempt started before the task's
+    code runs. Not while payloads wait in this worker's inbox (the driver
+    queued short runs at it): then they go with its live messages, one write
+    every ``LIVE_INTERVAL`` or as the inbox empties, and a short run's
+    transitions not at all (its record has them), so the driver reads a few
+    messages per batch of runs instead of two per run.
     """
 
     __slots__ = ()
 
-    eager = True
+    @property
+    def eager(self) -> bool:  # type: ignore[override]
+        return _inbox is None or _inbox.empty()
 
     def open(self) -> Callable[[bytes], Any]:
         return self.key.send_bytes
 
     def report(self, record: Record, value: bytes | None, base: int) -> None:
-        send_final(self, record, value, base)
+        if self.eager:
+            send_final(self, record, value, base)
+        else:
+            post(self, final_message(record, value, base))
 
 
 class _Job:
@@ -237,67 +270,89 @@ class _Pool:
         self._reader.start()
 
     # -- sending work ---------------------------------------------------------------
-    def submit(self, run: TaskRun, blob: bytes) -> None:
+    def submit(self, work: list[tuple[TaskRun, bytes]]) -> None:
+        """Queue runs with their payloads, and hand out what workers can take."""
         with self._lock:
             closed = self._closed
             if not closed:
-                self._queue.append(_Job(run, blob))
+                self._queue.extend(_Job(run, blob) for run, blob in work)
         if closed:
-            driver.crash(run, "its process pool was closed.")
+            for run, _ in work:
+                driver.crash(run, "its process pool was closed.")
         else:
             self._pump()
 
     def _pump(self) -> None:
         """Hand queued jobs to idle workers, starting workers up to the pool's size; then queue
-        jobs of short tasks at the workers, up to about ``QUEUE_SECONDS`` of work each."""
+        jobs of short tasks at the workers, up to about ``QUEUE_SECONDS`` of work each. The jobs
+        a worker gets in one pass leave in one message."""
         while True:
+            bundles: dict[_Worker, list[_Job]] = {}
             with self._lock:
-                if self._closed or not self._queue:
-                    return
-                job = self._queue[0]
-                if self._idle:
-                    worker = self._idle.pop()
-                elif len(self._workers) < self._size:
-                    worker = self._spawn()
-                else:
-                    # Queued behind short runs only, so that nothing waits behind a long one while
-                    # another worker is free: a task not measured yet is not queued at all.
-                    mean = sizing.mean_duration(job.run.task.task_key)
-                    if mean is None or mean > QUEUE_SECONDS:
-                        return
-                    depth = sizing.runs_per(QUEUE_SECONDS, mean, 1, MOST_QUEUED)
-                    room = [w for w in self._workers.values() if len(w.jobs) < depth and _short(w.jobs)]
-                    if not room:
-                        return
-                    worker = min(room, key=lambda w: len(w.jobs))
-                self._queue.popleft()
-                worker.jobs.append(job)
-                job.worker = worker
-                worker.sending.acquire()  # under the pool's lock: the next job for it waits its turn
-            try:
-                sent = self._send(worker, job)
-            finally:
-                worker.sending.release()
-            if not sent:
-                self._free(worker, job)
+                while not self._closed and self._queue:
+                    job = self._queue[0]
+                    worker = self._worker_for(job)
+                    if worker is None:
+                        break
+                    self._queue.popleft()
+                    worker.jobs.append(job)
+                    job.worker = worker
+                    if worker not in bundles:
+                        worker.sending.acquire()  # under the pool's lock: the next jobs for it wait their turn
+                        bundles[worker] = []
+                    bundles[worker].append(job)
+            if not bundles:
+                return
+            freed = False
+            for worker, jobs in bundles.items():
+                try:
+                    unsent = self._send(worker, jobs)
+                finally:
+                    worker.sending.release()
+                for job in unsent:
+                    self._free(worker, job)
+                    freed = True
+            if not freed:
+                return
 
-    def _send(self, worker: _Worker, job: _Job) -> bool:
-        """Send ``job`` to ``worker``; False if it is not to run (it was cancelled first)."""
-        run = job.run
-        if job.remote is None:
-            if not run.claim():  # cancelled while queued
-                return False
-            job.remote = driver.Remote(run, self, job)
-            job.remote.attach()
-        if run.done:  # cancelled since it was claimed, or while it waited to be retried
-            return False
-        driver.track(run, job.remote)
-        job.attempts = run.run_count
-        try:
-            worker.conn.send_bytes(job.payload)
-        except OSError:
-            pass  # the worker died: the reader sees its pipe close and hands the job on (it was not taken)
-        return True
+    def _worker_for(self, job: _Job) -> _Worker | None:
+        """The worker to hand ``job`` to now, if any (called with the lock held)."""
+        if self._idle:
+            return self._idle.pop()
+        if len(self._workers) < self._size:
+            return self._spawn()
+        # Queued behind short runs only, so that nothing waits behind a long one while
+        # another worker is free: a task not measured yet is not queued at all.
+        mean = sizing.mean_duration(job.run.task.task_key)
+        if mean is None or mean > QUEUE_SECONDS:
+            return None
+        depth = sizing.runs_per(QUEUE_SECONDS, mean, 1, MOST_QUEUED)
+        room = [w for w in self._workers.values() if len(w.jobs) < depth and _short(w.jobs)]
+        return min(room, key=lambda w: len(w.jobs)) if room else None
+
+    def _send(self, worker: _Worker, jobs: list[_Job]) -> list[_Job]:
+        """Send ``jobs`` to ``worker`` in one message; those not to run (cancelled first) are returned."""
+        unsent, payloads = [], []
+        for job in jobs:
+            run = job.run
+            if job.remote is None:
+                if not run.claim():  # cancelled while queued
+                    unsent.append(job)
+                    continue
+                job.remote = driver.Remote(run, self, job)
+                job.remote.attach()
+            if run.done:  # cancelled since it was claimed, or while it waited to be retried
+                unsent.append(job)
+                continue
+            driver.track(run, job.remote)
+            job.attempts = run.run_count
+            payloads.append(job.payload)
+        if payloads:
+            try:
+                worker.conn.send_bytes(pickle.dumps(payloads, protocol=pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                pass  # the worker died: the reader sees its pipe close and hands the jobs on (not taken)
+        return unsent
 
     def _free(self, worker: _Worker, job: _Job) -> None:
         with self._lock:
@@ -361,25 +416,31 @@ class _Pool:
                 except (EOFError, OSError):
                     self._lost(worker)
                     continue
+                ended = []
                 for message in driver.receive(blob):
                     if message[0] == "final":
-                        self._final(worker, *message[1:])
+                        run = self._final(worker, *message[1:])
+                        if run is not None:
+                            ended.append(run)
                     else:
                         self._init_failed(worker, message[1])
+                if ended:  # a worker with a queue of short runs reports them a batch at a time
+                    sizing.measure(ended)
+                    self._pump()
         self._stop_workers()
 
-    def _final(self, worker: _Worker, run_id: int, _base: int, record: bytes, value: bytes | None) -> None:
+    def _final(self, worker: _Worker, run_id: int, _base: int, record: bytes, value: bytes | None) -> TaskRun | None:
+        """End the run whose record came; the run, or None if the driver had given up on it."""
         with self._lock:
             jobs = worker.jobs
             if not jobs or jobs[0].run.int_id != run_id:
-                return  # the driver gave up on the job (and killed the worker)
+                return None  # the driver gave up on the job (and killed the worker)
             job = jobs.popleft()
             job.worker = None
             if not jobs:
                 self._idle.append(worker)  # free the worker first: the run's downstream may want it
         driver.complete(job.run, record, value)
-        sizing.measure([job.run])
-        self._pump()
+        return job.run
 
     def _lost(self, worker: _Worker) -> None:
         lost: list[tuple[_Job, bool]] = []
@@ -458,14 +519,22 @@ class _Pool:
 
 def _short(jobs: Iterable[_Job]) -> bool:
     """True if every job is of a task measured to run within ``QUEUE_SECONDS``."""
+    last = None  # the jobs of a map come in a row: one look per task, not per job
     for job in jobs:
-        mean = sizing.mean_duration(job.run.task.task_key)
+        key = job.run.task.task_key
+        if key is last:
+            continue
+        last = key
+        mean = sizing.mean_duration(key)
         if mean is None or mean > QUEUE_SECONDS:
             return False
     return True
 
 
 # -- the worker process -------------------------------------------------------------------------
+_inbox: queue.SimpleQueue | None = None  # in a worker process: the payloads waiting behind the one it runs
+
+
 def serve(fd: int) -> None:
     """A worker process's life: set up, then execute payloads until the driver closes the pipe."""
     conn = connection.Connection(fd)
@@ -478,15 +547,21 @@ def serve(fd: int) -> None:
     except BaseException:
         conn.send_bytes(pickle.dumps([("init-error", traceback.format_exc())]))
         return
+    global _inbox
+    # Marked for the worker's life, not per run (two system calls each): nothing but the driver
+    # (which kills a worker to stop it) reaches a worker in its own session.
+    mark_real_interrupts()
     channel = _PipeChannel(conn)
     # A thread takes payloads off the pipe as they come, so that the driver's sends never wait on
     # this worker while it runs one (and writes to the driver, whose reader may be sending to it).
     payloads: queue.SimpleQueue = queue.SimpleQueue()
+    _inbox = payloads
 
     def receive() -> None:
         try:
             while True:
-                payloads.put(conn.recv_bytes())
+                for payload in pickle.loads(conn.recv_bytes()):  # the driver sends them in bundles
+                    payloads.put(payload)
         except (EOFError, OSError):
             payloads.put(None)
 

@@ -290,6 +290,11 @@ def send(channel: Channel, message: tuple) -> None:
     _outbox.send_now(channel, message)
 
 
+def post(channel: Channel, message: tuple) -> None:
+    """Send one message to the driver with the channel's next batch of live messages."""
+    _outbox.post(channel, message)
+
+
 @functools.lru_cache(maxsize=64)
 def _load_task(blob: bytes) -> Any:
     # Runs of one task share its pickle: unpickle it once per worker.
@@ -335,4 +340,4 @@ def _portable(run: TaskRun, exc: BaseException) -> BaseException:
         )
 
 
-__all__ = ["LIVE_INTERVAL", "Channel", "run_payload", "final_message", "send", "send_final"]
+__all__ = ["LIVE_INTERVAL", "Channel", "run_payload", "final_message", "post", "send", "send_final"]
