@@ -51,7 +51,7 @@ from nbflow.records import TaskRun
 from nbflow.runners import sizing
 from nbflow.runners.base import TaskRunner
 from nbflow.runners.wire import driver
-from nbflow.runners.wire.payload import Payloads, Record, encode, resumed
+from nbflow.runners.wire.payload import Payloads, Record, resumed
 from nbflow.runners.wire.worker import Channel, final_message, post, run_payload, send_final
 from nbflow.states import State
 from nbflow.timeouts import mark_real_interrupts
@@ -104,7 +104,7 @@ class ProcessPoolTaskRunner(TaskRunner):
             if isinstance(parameters, State):
                 run.finish(parameters)
                 return
-            payload = encode(self._payloads.build(run, parameters))
+            payload = self._payloads.build(run, parameters)
             pool = _pool_for(self)
         except SerializationError as exc:
             driver.fail(run, exc)
@@ -122,7 +122,7 @@ class ProcessPoolTaskRunner(TaskRunner):
             batch.clear()
 
     def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
-        batch: list[tuple[TaskRun, bytes]] = []
+        batch: list[tuple[TaskRun, tuple]] = []
         self._batch.jobs = batch
         try:
             return super().map(task, parameters, wait_for)
@@ -207,11 +207,16 @@ class _PipeChannel(Channel):
 
 
 class _Job:
-    """A run on its way to a worker process, with its payload; ``remote`` once it was claimed."""
+    """A run on its way to a worker process, with its payload; ``remote`` once it was claimed.
+
+    The payload stays a tuple until it is sent: the payloads of one task share its pickle, and
+    pickling a worker's bundle of them writes it once (a million queued runs of a map would
+    otherwise hold a million copies of it).
+    """
 
     __slots__ = ("attempts", "handed_back", "payload", "remote", "run", "worker")
 
-    def __init__(self, run: TaskRun, payload: bytes) -> None:
+    def __init__(self, run: TaskRun, payload: tuple) -> None:
         self.run = run
         self.payload = payload
         self.remote: driver.Remote | None = None
@@ -270,7 +275,7 @@ class _Pool:
         self._reader.start()
 
     # -- sending work ---------------------------------------------------------------
-    def submit(self, work: list[tuple[TaskRun, bytes]]) -> None:
+    def submit(self, work: list[tuple[TaskRun, tuple]]) -> None:
         """Queue runs with their payloads, and hand out what workers can take."""
         with self._lock:
             closed = self._closed
@@ -375,7 +380,7 @@ class _Pool:
 
     def retry_remote(self, job: _Job) -> None:
         """Send the job's run again for its next attempt (its worker died or overran)."""
-        job.payload = encode(resumed(job.payload, job.run))
+        job.payload = resumed(job.payload, job.run)
         with self._lock:
             closed = self._closed
             if not closed:
