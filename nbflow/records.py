@@ -296,11 +296,13 @@ class TaskRun(RunId, TaskRunReading, Completion):
             self.upstream = tuple(upstream)
         # Which run of its task this is within its flow run ("0", "1", ...), as Prefect's
         # dynamic_key: what a retry of the flow run matches runs by (a worker is told the driver's).
-        # Kept as the count (a str from a driver), made a str when read: a big map's runs hold ints.
-        self._dynamic: int | str = (
+        # Kept as the count (a str from a driver), made a str when read: a big map's runs hold ints,
+        # and the runs of a task's first map hold their map index's (the count equals it).
+        dynamic: int | str = (
             dynamic_key if dynamic_key is not None
             else flow_run.count_task_run(task.task_key) if flow_run is not None and task is not None else 0
         )
+        self._dynamic = map_index if dynamic == map_index else dynamic
         if flow_run is not None:
             flow_run.task_runs.append(self)
         if events.task_state:
@@ -341,13 +343,17 @@ class TaskRun(RunId, TaskRunReading, Completion):
     @property
     def parameters(self) -> dict[str, Any]:
         """The arguments as submitted (a new dict each time: a run keeps its names and values apart, compactly)."""
-        return dict(zip(self._keys, self._values))
+        keys = self._keys
+        if len(keys) == 1:
+            return {keys[0]: self._values}
+        return dict(zip(keys, self._values))
 
     @parameters.setter
     def parameters(self, value: dict[str, Any]) -> None:
         keys = tuple(value)
         self._keys = _KEYS.setdefault(keys, keys)  # the runs of a task share one tuple of names
-        self._values = tuple(value.values())
+        # One value is kept bare, not in a tuple of its own: a big map of a one-parameter task.
+        self._values = next(iter(value.values())) if len(keys) == 1 else tuple(value.values())
 
     # -- reading -----------------------------------------------------------------
     @property
