@@ -187,7 +187,10 @@ class _PipeChannel(Channel):
     queued short runs at it): then they go with its live messages, one write
     every ``LIVE_INTERVAL`` or as the inbox empties, and a short run's
     transitions not at all (its record has them), so the driver reads a few
-    messages per batch of runs instead of two per run.
+    messages per batch of runs instead of two per run. Should the worker die
+    before they leave, those runs look unstarted to the driver and go to
+    another worker (the first of them once only, as for any run not seen
+    starting).
     """
 
     __slots__ = ()
