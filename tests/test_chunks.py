@@ -117,14 +117,19 @@ def test_a_failure_and_a_retry_in_a_chunk_touch_only_their_runs(runner):
     assert retried and all(s.is_completed() for s in retried)
 
 
-def test_a_retried_run_in_a_chunk_shows_both_attempts(runner):
+def _ended_runs(runner, mapped) -> list:
+    """The task runs of ``mapped.map(range(N))`` on ``runner``, once all ended."""
     @flow(task_runner=runner)
     def chunked():
-        futures = picky.map(range(N))
+        futures = mapped.map(range(N))
         futures.wait()
         return [f.task_run for f in futures]
 
-    runs = chunked()
+    return chunked()
+
+
+def test_a_retried_run_in_a_chunk_shows_both_attempts(runner):
+    runs = _ended_runs(runner, picky)
     assert runs[7].run_count == 2
     assert [s.name for s in runs[7].states] == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
     assert runs[8].run_count == 1
@@ -133,9 +138,7 @@ def test_a_retried_run_in_a_chunk_shows_both_attempts(runner):
 def test_a_big_map_goes_out_in_parts_and_its_values_come_back_in_parts(runner, chunks_made, monkeypatch):
     # Issue 12: the driver never holds a whole million-item map's payloads, nor all its chunks'
     # outcomes at once; each part is still chunked, each run still its own.
-    from nbflow.runners import cluster
-
-    monkeypatch.setattr(cluster, "SEND_EVERY", 100)
+    monkeypatch.setattr(type(runner), "map_part", 100)
     monkeypatch.setattr(chunks, "GATHER_CHUNKS", 3)
     sent, fetched = [], []
     submit, gather = type(runner)._submit, chunks.gather
@@ -181,13 +184,7 @@ def test_a_worker_killed_mid_chunk_keeps_every_other_run(runner, tmp_path):
             os._exit(3)
         return x * 2
 
-    @flow(task_runner=runner)
-    def chunked():
-        futures = fragile.map(range(N))
-        futures.wait()
-        return [f.task_run for f in futures]
-
-    runs = chunked()
+    runs = _ended_runs(runner, fragile)
     assert os.path.exists(died)
     assert _unfinished(runs) == []
     for x, run in enumerate(runs):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import io
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,9 +46,14 @@ class TaskRunner(abc.ABC):
             futures = runner.map(my_task, {"x": [1, 2, 3]})
     """
 
+    #: Runs a ``.map`` hands on together, in parts of at most this many (0: each run as it is
+    #: dispatched). Runners with a fixed cost per hand-over set it and :meth:`_hand_over`.
+    map_part = 0
+
     def __init__(self) -> None:
         self._runs: list[TaskRun] = []
         self._started = False  # entered (``with runner:``, or by the flow run that owns it)
+        self._map_batch = threading.local()  # .items: what this thread's map collects to hand on
 
     @property
     def name(self) -> str:
@@ -149,14 +155,37 @@ class TaskRunner(abc.ABC):
         flow_run = current_flow_run()
         if flow_run is not None:  # watchers count the whole map from its first run
             flow_run.expect(task.task_key, count)
-        for i in range(count):
-            call = dict(static)
-            for name, (values, annotation) in mapped.items():
-                call[name] = values[i] if annotation is None else annotation(values[i])
-            if var_kw:
-                call = _collapse_var_keyword(call, signature)
-            futures.append(self.submit(task, signature.apply_defaults(call), wait_for, i))
+        batch: list[Any] | None = [] if self.map_part else None
+        self._map_batch.items = batch
+        try:
+            for i in range(count):
+                call = dict(static)
+                for name, (values, annotation) in mapped.items():
+                    call[name] = values[i] if annotation is None else annotation(values[i])
+                if var_kw:
+                    call = _collapse_var_keyword(call, signature)
+                futures.append(self.submit(task, signature.apply_defaults(call), wait_for, i))
+        finally:
+            self._map_batch.items = None
+            if batch:
+                self._hand_over(batch)
         return futures
+
+    def _add_to_map(self, item: Any) -> bool:
+        """Collect ``item`` (what ``_dispatch`` made of a run) with the others of the map being
+        submitted in this thread, handed on every ``map_part``; False outside such a map."""
+        batch = getattr(self._map_batch, "items", None)
+        if batch is None:
+            return False
+        batch.append(item)
+        if len(batch) >= self.map_part:  # a big map goes in parts: the work starts on the first
+            self._hand_over(batch[:])
+            batch.clear()
+        return True
+
+    def _hand_over(self, batch: list[Any]) -> None:
+        """Hand on what :meth:`_add_to_map` collected (runners that set ``map_part``)."""
+        raise NotImplementedError(f"{type(self).__name__} sets map_part but does not hand batches over")
 
     # -- scheduling ------------------------------------------------------------------------
     def _schedule(self, run: TaskRun) -> None:

@@ -44,10 +44,6 @@ def require(module: str, extra: str, runner: str) -> Any:
 
 
 
-#: Runs of one ``.map`` handed to the engine together, at most: the engine starts on the first ones while
-#: the driver builds the rest, and the driver never holds the payloads of a whole million-item map at once.
-SEND_EVERY = 10_000
-
 
 class Outgoing(NamedTuple):
     """A run on its way to the engine."""
@@ -73,6 +69,9 @@ class ClusterTaskRunner(TaskRunner):
 
     #: The future class ``submit`` returns.
     future_class: type[PrefectFuture] = PrefectFuture
+    # A map's runs go to the engine in parts: the engine starts on the first ones while the driver
+    # builds the rest, and the driver never holds the payloads of a whole million-item map at once.
+    map_part = 10_000
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,7 +81,6 @@ class ClusterTaskRunner(TaskRunner):
         self._consumed: set[TaskRun] = set()  # runs whose value a downstream run on the engine uses
         self._fetcher: Fetcher | None = None
         self._start_lock = threading.Lock()
-        self._batch = threading.local()  # .runs: where this thread's map collects its runs
         self._flow_run: Any = None  # the flow run the engine was started for (cluster events name it)
 
     # -- what each engine provides ----------------------------------------------------
@@ -170,18 +168,6 @@ class ClusterTaskRunner(TaskRunner):
     def _future(self, run: TaskRun) -> PrefectFuture:
         return self.future_class(run)
 
-    def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
-        batch: list[Outgoing] = []
-        self._batch.runs = batch
-        try:
-            return super().map(task, parameters, wait_for)
-        finally:
-            self._batch.runs = None
-            if batch:
-                self._send(batch)
-
-    map.__doc__ = TaskRunner.map.__doc__
-
     def _pending_upstream(self, run: TaskRun) -> list[TaskRun]:
         handles = self._handles
         return [dep for dep in run.pending_upstream() if dep not in handles]
@@ -205,14 +191,11 @@ class ClusterTaskRunner(TaskRunner):
             fail(run, exc)
             return
         outgoing = Outgoing(run, payload, list(upstream), list(upstream.values()))
-        batch = getattr(self._batch, "runs", None)
-        if batch is None:
+        if not self._add_to_map(outgoing):
             self._send([outgoing])
-        else:
-            batch.append(outgoing)
-            if len(batch) >= SEND_EVERY:  # a big map goes out in parts: the engine starts on the first
-                self._send(batch[:])
-                batch.clear()
+
+    def _hand_over(self, batch: list[Outgoing]) -> None:
+        self._send(batch)
 
     def _send(self, batch: list[Outgoing]) -> None:
         remotes = []

@@ -60,8 +60,6 @@ from nbflow.timeouts import mark_real_interrupts
 QUEUE_SECONDS = 0.01
 #: Runs a worker is handed ahead at most.
 MOST_QUEUED = 64
-#: Runs of a ``.map`` queued at the pool together (the workers start on the first part).
-SEND_EVERY = 256
 
 # What a worker process runs: python -c _BOOT <fd of its end of the pipe>.
 _BOOT = "import sys; from nbflow.runners.processes import serve; serve(int(sys.argv[1]))"
@@ -77,6 +75,8 @@ class ProcessPoolTaskRunner(TaskRunner):
     SerializationError naming the task.
     """
 
+    map_part = 256  # a map's runs reach the pool in parts: the workers start on the first
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -90,7 +90,6 @@ class ProcessPoolTaskRunner(TaskRunner):
         self.initializer = initializer
         self.initargs = tuple(initargs)
         self._payloads = Payloads(type(self).__name__)
-        self._batch = threading.local()  # .jobs: where this thread's map collects its runs and payloads
 
     def duplicate(self) -> ProcessPoolTaskRunner:
         return type(self)(self.max_workers, self.initializer, self.initargs)
@@ -112,26 +111,11 @@ class ProcessPoolTaskRunner(TaskRunner):
         except Exception as exc:
             driver.crash(run, f"it could not be sent to a worker process ({exc!r}).", exc)
             return
-        batch = getattr(self._batch, "jobs", None)
-        if batch is None:
+        if not self._add_to_map((run, payload)):
             pool.submit([(run, payload)])
-            return
-        batch.append((run, payload))
-        if len(batch) >= SEND_EVERY:  # the workers start on the first part of a big map
-            pool.submit(batch[:])
-            batch.clear()
 
-    def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
-        batch: list[tuple[TaskRun, tuple]] = []
-        self._batch.jobs = batch
-        try:
-            return super().map(task, parameters, wait_for)
-        finally:
-            self._batch.jobs = None
-            if batch:
-                _pool_for(self).submit(batch)
-
-    map.__doc__ = TaskRunner.map.__doc__
+    def _hand_over(self, batch: list[tuple[TaskRun, tuple]]) -> None:
+        _pool_for(self).submit(batch)
 
     def __repr__(self) -> str:
         return f"ProcessPoolTaskRunner(max_workers={self.max_workers})"
